@@ -1,0 +1,42 @@
+"""Model backends: local PyTorch models, a toy model, and wrappers that count and cache.
+
+``make_backend(name)`` builds a registered backend by name; ``BACKENDS`` lists them.
+"""
+
+from __future__ import annotations
+
+from backends.base import Backend, BackendError, BackendWrapper
+from backends.counting import BudgetExhausted, CountingBackend
+from blackbox_vp.registry import Registry
+
+BACKENDS: Registry[Backend] = Registry("backend")
+
+
+@BACKENDS.register("reference", "EfficientNet-Lite0, ImageNet-1k, local PyTorch (the white-box reference)")
+def _reference(device: str = "cpu") -> Backend:
+    from backends.torch_classifier import efficientnet_lite_backend
+
+    return efficientnet_lite_backend("efficientnet-lite0", device=device)
+
+
+@BACKENDS.register("surrogate", "EfficientNet-Lite1, ImageNet-1k, local PyTorch (a second model, for transfer)")
+def _surrogate(device: str = "cpu") -> Backend:
+    from backends.torch_classifier import efficientnet_lite_backend
+
+    return efficientnet_lite_backend("efficientnet-lite1", device=device)
+
+
+@BACKENDS.register("toy", "tiny deterministic numpy model (20 labels, 64x64 input) for tests")
+def _toy(device: str = "cpu") -> Backend:
+    from backends.toy import ToyBackend
+
+    return ToyBackend()
+
+
+def make_backend(name: str, device: str = "cpu") -> Backend:
+    """Build the backend registered as ``name``."""
+    return BACKENDS.get(name)(device=device)
+
+
+__all__ = ["BACKENDS", "Backend", "BackendError", "BackendWrapper", "BudgetExhausted", "CountingBackend",
+           "make_backend"]

@@ -1,0 +1,54 @@
+"""A wrapper that counts every image sent and enforces a hard budget."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from backends.base import Backend, BackendWrapper
+
+
+class BudgetExhausted(RuntimeError):
+    """Raised *before* a query that would send more images than the budget allows."""
+
+    def __init__(self, requested: int, used: int, budget: int):
+        super().__init__(
+            f"query of {requested} images refused: {used} of the budget of {budget} images already used, "
+            f"{budget - used} left"
+        )
+        self.requested = requested
+        self.used = used
+        self.budget = budget
+
+
+class CountingBackend(BackendWrapper):
+    """Counts images and calls passed to ``inner``; refuses a call that would exceed ``budget``.
+
+    ``budget=None`` counts without a limit. The count covers images that actually reached the inner
+    backend; a refused call sends nothing and counts nothing.
+    """
+
+    def __init__(self, inner: Backend, budget: int | None = None):
+        super().__init__(inner)
+        if budget is not None and budget < 0:
+            raise ValueError(f"budget must be >= 0 images, got {budget}")
+        self.budget = budget
+        self.images_sent = 0
+        self.calls = 0
+
+    @property
+    def remaining(self) -> int | None:
+        """Images still allowed, or None without a budget."""
+        return None if self.budget is None else self.budget - self.images_sent
+
+    def fits(self, count: int) -> bool:
+        """Whether a query of ``count`` images would be allowed."""
+        return self.budget is None or self.images_sent + count <= self.budget
+
+    def query(self, images: np.ndarray) -> np.ndarray:
+        count = len(images)
+        if not self.fits(count):
+            raise BudgetExhausted(count, self.images_sent, self.budget)
+        scores = self.inner.query(images)
+        self.images_sent += count
+        self.calls += 1
+        return scores

@@ -1,0 +1,20 @@
+"""blackbox-vp: adapt an image model you can only query to your task with a learned pixel prompt.
+
+    from blackbox_vp import RunConfig, optimize
+    result = optimize(RunConfig(backend="reference", data="digits", budget=5000))
+
+Names are imported on first use, so ``import blackbox_vp.registry`` stays light (the backends
+package uses it without pulling in the run loop).
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+_EXPORTS = {"RunConfig": "blackbox_vp.config", "RunResult": "blackbox_vp.run", "optimize": "blackbox_vp.run"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'blackbox_vp' has no attribute {name!r}")

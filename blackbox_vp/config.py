@@ -1,0 +1,42 @@
+"""Every setting of a run, with its default and the help line the CLI shows."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+def option(default: object, help: str) -> object:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class RunConfig:
+    backend: str = option("reference", "model to adapt: a registered backend name (`bbvp list backends`)")
+    data: str = option("digits", "task: a registered data set (`bbvp list data`) or a folder ROOT/<class>/<image>")
+    prompt: str = option("padding", "prompt type (`bbvp list prompts`)")
+    width: int | None = option(None, "padding prompt width in pixels (default: 30 at 224, scaled to the model's input)")
+    parameterization: str = option("grid", "how the optimizer's vector becomes the prompt (`bbvp list parameterizations`)")
+    grid: int = option(8, "grid side g of the 'grid' parameterization (3*g*g dimensions)")
+    mapping: str = option("frequency", "output mapping from model labels to your classes (`bbvp list mappings`)")
+    loss: str = option("ce", "loss on the mapped probabilities (`bbvp list losses`)")
+    optimizer: str = option("cma", "optimizer (`bbvp list optimizers`)")
+    budget: int = option(20000, "hard limit on images sent while learning (mapping + optimization + validation)")
+    batch_size: int = option(32, "training images scored per candidate in one step (one minibatch for all)")
+    mapping_images: int | None = option(None, "training images scored with the initial prompt to fit the output "
+                                        "mapping (default: 10%% of the budget, at most the training set)")
+    validations: int | None = option(None, "validation passes spread evenly over the run, the best prompt is kept "
+                                     "(default: as many as fit in 20%% of the budget, 1 to 10)")
+    train: int | None = option(None, "training images (default: up to 1000 after val and test)")
+    val: int | None = option(None, "validation images (default: 11%% of the data, at most 200)")
+    test: int | None = option(None, "test images, scored once at the end (default: 33%% of the data)")
+    seed: int = option(0, "seed for splits, minibatches and the optimizer")
+    device: str = option("cpu", "torch device of a local backend: cpu or cuda")
+    out: str | None = option(None, "output directory for result.json, prompt.png and prompt.json")
+    quiet: bool = option(False, "no progress bar")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def help_lines(cls) -> dict[str, str]:
+        return {f.name: f.metadata["help"] for f in fields(cls)}

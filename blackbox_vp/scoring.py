@@ -1,0 +1,29 @@
+"""Scoring prompted images through a backend and turning scores into accuracy."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from backends.base import Backend
+from blackbox_vp.data import Dataset
+from blackbox_vp.mappings import OutputMapping
+from blackbox_vp.prompts import Prompt
+
+
+def score(backend: Backend, prompt: Prompt, theta: np.ndarray, images: np.ndarray) -> torch.Tensor:
+    """Backend probabilities (N, K) for ``images`` prompted with ``theta``: one query of N images."""
+    return torch.from_numpy(backend.query(prompt.apply(theta, images)))
+
+
+def accuracy(mapping: OutputMapping, scores: torch.Tensor, labels: np.ndarray) -> float:
+    predicted = mapping.probabilities(scores).argmax(dim=1).numpy()
+    return float(np.mean(predicted == labels)) if len(labels) else float("nan")
+
+
+def evaluate(backend: Backend, prompt: Prompt, theta: np.ndarray, mapping: OutputMapping, data: Dataset,
+             chunk: int = 256) -> float:
+    """Accuracy of ``theta`` on ``data``, sent in chunks to bound memory."""
+    scores = torch.cat([score(backend, prompt, theta, data.images[i : i + chunk])
+                        for i in range(0, len(data), chunk)])
+    return accuracy(mapping, scores, data.labels)

@@ -1,0 +1,74 @@
+import json
+
+import numpy as np
+import pytest
+
+from backends import CountingBackend
+from backends.toy import ToyBackend
+from blackbox_vp import RunConfig, optimize
+
+
+def toy_config(**overrides) -> RunConfig:
+    settings = dict(backend="toy", data="digits", budget=3000, batch_size=8, grid=4, val=60, test=120,
+                    train=400, quiet=True)
+    settings.update(overrides)
+    return RunConfig(**settings)
+
+
+def test_run_never_exceeds_the_budget_and_counts_exactly(tmp_path):
+    counter = CountingBackend(ToyBackend())
+    result = optimize(toy_config(out=str(tmp_path)), backend=counter)
+    assert result.queries_used <= 3000
+    assert counter.images_sent == result.queries_used + result.test_queries
+    assert result.test_queries == 2 * 120  # baseline and learned prompt, once each
+    saved = json.loads((tmp_path / "result.json").read_text())
+    for key in ("backend", "data", "optimizer", "budget", "queries_used", "test_accuracy", "val_accuracy",
+                "baseline_test_accuracy", "seconds"):
+        assert key in saved
+    assert saved["queries_used"] == result.queries_used and saved["budget"] == 3000
+    assert (tmp_path / "prompt.png").stat().st_size > 0 and (tmp_path / "prompt.json").exists()
+
+
+def test_budget_is_spent_on_mapping_validation_and_steps_as_planned():
+    result = optimize(toy_config())
+    steps_images = result.steps * 15 * 8  # 48 dimensions -> CMA population 15, 8 images each
+    validations = len(result.history)
+    assert result.queries_used == 300 + validations * 60 + steps_images  # mapping = 10% of the budget
+    assert 3000 - result.queries_used < 15 * 8 + 60  # less than one step and one validation left unspent
+    assert result.history[-1]["step"] == result.steps  # the last prompt was validated
+
+
+def test_the_same_seed_gives_the_same_run_and_another_seed_does_not():
+    a, b, c = optimize(toy_config()), optimize(toy_config()), optimize(toy_config(seed=1))
+    np.testing.assert_array_equal(a.theta, b.theta)
+    assert a.test_accuracy == b.test_accuracy and a.history == b.history
+    assert a.history != c.history
+
+
+def test_validation_picks_the_prompt_and_never_falls_below_the_initial_one():
+    result = optimize(toy_config(budget=6000))
+    assert result.val_accuracy == max(h["val_accuracy"] for h in result.history)
+    assert result.val_accuracy >= result.baseline_val_accuracy
+
+
+def test_black_box_cma_improves_on_the_toy_model():
+    result = optimize(toy_config(budget=8000))
+    assert result.val_accuracy > result.baseline_val_accuracy
+
+
+def test_budget_too_small_is_refused_before_any_query():
+    counter = CountingBackend(ToyBackend())
+    with pytest.raises(ValueError, match="raise --budget to at least"):
+        optimize(toy_config(budget=200), backend=counter)
+    assert counter.images_sent == 0
+
+
+@pytest.mark.slow
+def test_short_run_on_the_reference_model_counts_what_the_model_saw(reference, tmp_path):
+    counter = CountingBackend(reference)
+    config = RunConfig(budget=400, batch_size=4, grid=2, val=20, test=20, train=100, mapping_images=60,
+                       validations=1, quiet=True, out=str(tmp_path))
+    result = optimize(config, backend=counter)
+    assert counter.images_sent == result.queries_used + result.test_queries
+    assert result.queries_used <= 400 and result.steps >= 5
+    assert json.loads((tmp_path / "result.json").read_text())["queries_used"] == result.queries_used
