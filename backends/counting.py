@@ -52,3 +52,9 @@ class CountingBackend(BackendWrapper):
         self.images_sent += count
         self.calls += 1
         return scores
+
+    def charge(self, count: int) -> None:
+        """Count ``count`` images processed outside :meth:`query` (white-box forwards) against the budget."""
+        if not self.fits(count):
+            raise BudgetExhausted(count, self.images_sent, self.budget)
+        self.images_sent += count

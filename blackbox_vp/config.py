@@ -20,6 +20,9 @@ class RunConfig:
     mapping: str = option("frequency", "output mapping from model labels to your classes (`bbvp list mappings`)")
     loss: str = option("ce", "loss on the mapped probabilities (`bbvp list losses`)")
     optimizer: str = option("cma", "optimizer (`bbvp list optimizers`)")
+    lr: float = option(0.05, "learning rate of the white-box reference (Adam on the prompt parameters)")
+    surrogate: str = option("surrogate", "local white-box backend whose gradient guides optimizers that take a "
+                            "prior (guided); 'none' for random directions only")
     budget: int = option(20000, "hard limit on images sent while learning (mapping + optimization + validation)")
     batch_size: int = option(32, "training images scored per candidate in one step (one minibatch for all)")
     mapping_images: int | None = option(None, "training images scored with the initial prompt to fit the output "

@@ -9,6 +9,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from blackbox_vp.registry import Registry
 
@@ -19,6 +20,7 @@ class OutputMapping(ABC):
     """Fitted on scores the run already paid for; maps (N, K) scores to (N, C) probabilities."""
 
     name: str
+    refit: bool = False  # refitted on the scores of recent steps before each validation (ILM-VP)
 
     @abstractmethod
     def fit(self, scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> OutputMapping:
@@ -92,6 +94,118 @@ class FrequencyMapping(OutputMapping):
         return cls(list(state["source_labels"]))
 
 
+@MAPPINGS.register("iterative", "frequency mapping refitted on prompted outputs before each validation (ILM-VP, Chen et al. 2023)")
+class IterativeMapping(FrequencyMapping):
+    """ILM-VP (Chen et al. 2023, Alg. 1): the frequency mapping recomputed as the prompt changes, here
+    from the scores of the most recent optimization steps (already paid for) before each validation."""
+
+    name = "iterative"
+    refit = True
+
+
 def mapping_from_state(state: dict) -> OutputMapping:
     """Rebuild any registered mapping from its saved state."""
     return MAPPINGS.get(state["type"]).from_state(state)
+
+
+@MAPPINGS.register("multilabel", "m source labels per class, probabilities averaged (BAR, Tsai et al. 2020); --labels-per-class")
+class MultiLabelMapping(OutputMapping):
+    """Each class owns ``m`` source labels, assigned greedily and disjointly by top-1 counts.
+
+    BAR (Tsai et al. 2020, section 3.2) averages the probabilities of a class's m labels; class
+    probabilities are those averages, renormalized.
+    """
+
+    name = "multilabel"
+
+    def __init__(self, labels_per_class: int = 5, source_labels: list[list[int]] | None = None):
+        self.labels_per_class = labels_per_class
+        self.source_labels = source_labels
+
+    def fit(self, scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> MultiLabelMapping:
+        chosen: list[list[int]] = [[] for _ in range(num_classes)]
+        taken: list[int] = []
+        for _ in range(self.labels_per_class):
+            remaining = torch.as_tensor(scores, dtype=torch.float64).clone()
+            remaining[:, taken] = 0.0  # labels already owned cannot be chosen again
+            round_mapping = FrequencyMapping().fit(remaining, labels, num_classes)
+            for c, k in enumerate(round_mapping.source_labels):
+                chosen[c].append(k)
+                taken.append(k)
+        self.source_labels = chosen
+        return self
+
+    def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        if self.source_labels is None:
+            raise RuntimeError("the multi-label mapping is not fitted yet")
+        index = torch.tensor(self.source_labels)  # (C, m)
+        averaged = scores[:, index].mean(dim=2)
+        return averaged / averaged.sum(dim=1, keepdim=True).clamp_min(EPSILON)
+
+    def state(self) -> dict:
+        return {"type": self.name, "labels_per_class": self.labels_per_class, "source_labels": self.source_labels}
+
+    @classmethod
+    def from_state(cls, state: dict) -> MultiLabelMapping:
+        return cls(state["labels_per_class"], [list(labels) for labels in state["source_labels"]])
+
+
+@MAPPINGS.register("linear", "a linear head on the log-probabilities, fitted locally on paid-for scores (no extra queries)")
+class LinearHeadMapping(OutputMapping):
+    """Multinomial logistic regression on standardized log-probabilities, L2-regularized.
+
+    Fitted by L-BFGS on scores the run already paid for. ``l2`` is the penalty on the weights,
+    relative to the mean cross-entropy. Differentiable in the scores, so the white-box reference
+    trains through it.
+    """
+
+    name = "linear"
+    refit = True
+
+    def __init__(self, l2: float = 1e-2, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                 mean: torch.Tensor | None = None, scale: torch.Tensor | None = None):
+        self.l2 = l2
+        self.weight, self.bias, self.mean, self.scale = weight, bias, mean, scale
+
+    @staticmethod
+    def features(scores: torch.Tensor) -> torch.Tensor:
+        return torch.log(scores.clamp_min(EPSILON))
+
+    def fit(self, scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> LinearHeadMapping:
+        x = self.features(torch.as_tensor(scores, dtype=torch.float64))
+        self.mean = x.mean(dim=0)
+        self.scale = x.std(dim=0).clamp_min(1e-6)
+        x = (x - self.mean) / self.scale
+        y = torch.as_tensor(labels, dtype=torch.long)
+        weight = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
+        bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+        solver = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=200, history_size=20,
+                                   line_search_fn="strong_wolfe", tolerance_grad=1e-6)
+
+        def closure() -> torch.Tensor:
+            solver.zero_grad()
+            loss = F.cross_entropy(x @ weight + bias, y) + self.l2 * weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        solver.step(closure)
+        self.weight, self.bias = weight.detach(), bias.detach()
+        return self
+
+    def logits(self, scores: torch.Tensor) -> torch.Tensor:
+        if self.weight is None:
+            raise RuntimeError("the linear head is not fitted yet")
+        x = (self.features(scores) - self.mean.to(scores.dtype)) / self.scale.to(scores.dtype)
+        return x @ self.weight.to(scores.dtype) + self.bias.to(scores.dtype)
+
+    def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        return self.logits(scores).softmax(dim=1)
+
+    def state(self) -> dict:
+        return {"type": self.name, "l2": self.l2, "weight": self.weight.tolist(), "bias": self.bias.tolist(),
+                "mean": self.mean.tolist(), "scale": self.scale.tolist()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> LinearHeadMapping:
+        tensor = lambda key: torch.tensor(state[key], dtype=torch.float64)  # noqa: E731
+        return cls(state["l2"], tensor("weight"), tensor("bias"), tensor("mean"), tensor("scale"))

@@ -7,6 +7,7 @@ test evaluation goes through a separate counter and is reported apart (``test_qu
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from blackbox_vp.mappings import MAPPINGS, OutputMapping
 from blackbox_vp.optimizers import make_optimizer
 from blackbox_vp.parameterizations import PARAMETERIZATIONS
 from blackbox_vp.prompts import PROMPTS, Prompt
-from blackbox_vp.scoring import evaluate, score
+from blackbox_vp.scoring import ScoreBuffer, evaluate, score
 
 
 @dataclass
@@ -91,6 +92,76 @@ class BudgetPlan:
         self.validation_every = max(optimization / self.validations, step_images)
 
 
+class Selector:
+    """Validates prompts on the validation split and keeps the best (prompt, mapping) pair.
+
+    A mapping with ``refit`` (iterative, linear) is first refitted on the buffer of recent step
+    scores, so it matches the prompt it is judged with. The test split is never looked at.
+    """
+
+    def __init__(self, counter: CountingBackend, prompt: Prompt, mapping: OutputMapping, splits: Splits,
+                 progress: tqdm, buffer: ScoreBuffer):
+        self.counter, self.prompt, self.mapping, self.val, self.progress = counter, prompt, mapping, splits.val, progress
+        self.buffer = buffer
+        self.num_classes = len(splits.train.classes)
+        self.best_theta: np.ndarray | None = None
+        self.best_mapping: OutputMapping = mapping
+        self.best_val = -1.0
+        self.history: list[dict] = []
+
+    def consider(self, theta: np.ndarray, step: int, loss: float | None) -> float:
+        """Validate ``theta`` (after refitting the mapping if it refits); keep the pair if it is the best."""
+        if self.mapping.refit and len(self.buffer) >= self.buffer.capacity:
+            self.mapping.fit(self.buffer.scores, self.buffer.labels, self.num_classes)
+        val_accuracy = evaluate(self.counter, self.prompt, theta, self.mapping, self.val)
+        self.history.append({"images": self.counter.images_sent, "step": step, "val_accuracy": val_accuracy,
+                             "loss": loss})
+        if val_accuracy > self.best_val:
+            self.best_theta, self.best_val = np.array(theta, copy=True), val_accuracy
+            self.best_mapping = copy.deepcopy(self.mapping)
+        self.progress.set_postfix(best_val=f"{self.best_val:.3f}", **({} if loss is None else {"loss": f"{loss:.3f}"}))
+        self.progress.update(self.counter.images_sent - self.progress.n)
+        return val_accuracy
+
+
+def run_blackbox(config: RunConfig, prompt: Prompt, mapping: OutputMapping, splits: Splits,
+                 learning: CountingBackend, plan: BudgetPlan, selector: Selector, rng: np.random.Generator,
+                 optimizer) -> int:
+    """Ask/tell until the budget keeps room for only a last validation; returns the steps taken."""
+    loss_fn = LOSSES.get(config.loss)
+    next_validation = learning.images_sent + plan.validation_every
+    labels = torch.from_numpy(splits.train.labels)
+    while learning.fits(plan.step_images + plan.validation_pass):  # always room for a last validation
+        batch = rng.choice(len(splits.train), size=min(config.batch_size, len(splits.train)), replace=False)
+        candidates = optimizer.ask()
+        scores = torch.from_numpy(learning.query(prompt.apply(candidates, splits.train.images[batch])))
+        per_image = loss_fn(mapping.probabilities(scores), labels[batch].repeat(len(candidates)))
+        losses = per_image.view(len(candidates), -1).mean(dim=1).numpy()
+        optimizer.tell(candidates, losses)
+        selector.buffer.add(scores, labels[batch].repeat(len(candidates)))
+        selector.progress.update(learning.images_sent - selector.progress.n)
+        if learning.images_sent >= next_validation or not learning.fits(plan.step_images + plan.validation_pass):
+            selector.consider(optimizer.recommend(), optimizer.steps, float(losses.mean()))
+            while next_validation <= learning.images_sent:
+                next_validation += plan.validation_every
+    return optimizer.steps
+
+
+def surrogate_prior(config: RunConfig, prompt: Prompt, mapping: OutputMapping, splits: Splits, labels: list[str]):
+    """The local surrogate's gradient as a prior (costs no query); it must share the backend's labels."""
+    from backends.torch_classifier import TorchClassifierBackend
+    from blackbox_vp.surrogate import SurrogatePrior
+
+    surrogate = make_backend(config.surrogate, device=config.device)
+    if not isinstance(surrogate, TorchClassifierBackend):
+        raise ValueError(f"--surrogate {config.surrogate} is not a local torch model; use 'surrogate' or 'none'")
+    if list(surrogate.labels) != list(labels):
+        raise ValueError(f"--surrogate {config.surrogate} has other output labels than --backend {config.backend}, so "
+                         "the output mapping does not apply to it; use --surrogate none")
+    return SurrogatePrior(surrogate, prompt, mapping, LOSSES.get(config.loss), splits.train, config.batch_size,
+                          seed=config.seed + 1)
+
+
 def optimize(config: RunConfig, backend: Backend | None = None) -> RunResult:
     """Run one optimization as configured; ``backend`` overrides ``config.backend`` (for tests)."""
     started = time.perf_counter()
@@ -101,16 +172,14 @@ def optimize(config: RunConfig, backend: Backend | None = None) -> RunResult:
     if len(splits.train) == 0 or len(splits.val) == 0:
         raise ValueError(f"{config.data}: the split left {len(splits.train)} training and {len(splits.val)} "
                          "validation images; both must be at least 1")
-    loss_fn = LOSSES.get(config.loss)
-    optimizer = make_optimizer(config.optimizer, prompt.initial(), seed=config.seed)
-    step_images = optimizer.candidates_per_step * config.batch_size
+    LOSSES.get(config.loss)  # unknown names fail here, before any query
+    whitebox = config.optimizer == "whitebox"
+    optimizer = None if whitebox else make_optimizer(config.optimizer, prompt.initial(), seed=config.seed)
+    step_images = config.batch_size * (1 if whitebox else optimizer.candidates_per_step)
     plan = BudgetPlan(config, splits, step_images)
     rng = np.random.default_rng(config.seed)
     learning = CountingBackend(model, budget=config.budget)
     progress = tqdm(total=config.budget, unit="img", desc=config.optimizer, disable=config.quiet, dynamic_ncols=True)
-
-    def sent_so_far() -> None:
-        progress.update(learning.images_sent - progress.n)
 
     # 1. The output mapping, fitted on training images under the initial prompt.
     theta0 = prompt.initial()
@@ -118,50 +187,35 @@ def optimize(config: RunConfig, backend: Backend | None = None) -> RunResult:
     mapping_scores = score(learning, prompt, theta0, splits.train.images[mapping_idx])
     mapping: OutputMapping = MAPPINGS.get(config.mapping)()
     mapping.fit(mapping_scores, torch.from_numpy(splits.train.labels[mapping_idx]), len(dataset.classes))
-    sent_so_far()
+    initial_mapping = copy.deepcopy(mapping)  # a refitting mapping changes in place during the run
 
     # 2. The initial prompt's validation accuracy: the prompt to beat.
-    best_theta, best_val = theta0, evaluate(learning, prompt, theta0, mapping, splits.val)
-    history = [{"images": learning.images_sent, "step": 0, "val_accuracy": best_val, "loss": None}]
-    progress.set_postfix(best_val=f"{best_val:.3f}")
-    sent_so_far()
+    selector = Selector(learning, prompt, mapping, splits, progress, ScoreBuffer(plan.mapping))
+    selector.consider(theta0, 0, None)
 
-    # 3. Optimization: every candidate of a step on one minibatch, in one backend call.
-    next_validation = learning.images_sent + plan.validation_every
-    labels_t = torch.from_numpy(splits.train.labels)
-    while learning.fits(plan.step_images + plan.validation_pass):  # always room for a last validation
-        batch = rng.choice(len(splits.train), size=min(config.batch_size, len(splits.train)), replace=False)
-        candidates = optimizer.ask()
-        scores = torch.from_numpy(learning.query(prompt.apply(candidates, splits.train.images[batch])))
-        per_image = loss_fn(mapping.probabilities(scores), labels_t[batch].repeat(len(candidates)))
-        losses = per_image.view(len(candidates), -1).mean(dim=1).numpy()
-        optimizer.tell(candidates, losses)
-        sent_so_far()
-        if learning.images_sent >= next_validation or not learning.fits(plan.step_images + plan.validation_pass):
-            theta = optimizer.recommend()
-            val_accuracy = evaluate(learning, prompt, theta, mapping, splits.val)
-            history.append({"images": learning.images_sent, "step": optimizer.steps,
-                            "val_accuracy": val_accuracy, "loss": float(losses.mean())})
-            if val_accuracy > best_val:
-                best_theta, best_val = theta, val_accuracy
-            while next_validation <= learning.images_sent:
-                next_validation += plan.validation_every
-            progress.set_postfix(best_val=f"{best_val:.3f}", loss=f"{losses.mean():.3f}")
-            sent_so_far()
+    # 3. Optimization.
+    if whitebox:
+        from blackbox_vp.whitebox import run_whitebox
+
+        steps = run_whitebox(config, prompt, mapping, splits, learning, plan, selector, rng)
+    else:
+        if hasattr(optimizer, "prior") and config.surrogate != "none":
+            optimizer.prior = surrogate_prior(config, prompt, mapping, splits, list(model.labels)).direction
+        steps = run_blackbox(config, prompt, mapping, splits, learning, plan, selector, rng, optimizer)
     progress.close()
 
     # 4. Test, once, through its own counter.
     testing = CountingBackend(model)
-    baseline_test = evaluate(testing, prompt, theta0, mapping, splits.test)
-    test_accuracy = evaluate(testing, prompt, best_theta, mapping, splits.test)
+    baseline_test = evaluate(testing, prompt, theta0, initial_mapping, splits.test)
+    test_accuracy = evaluate(testing, prompt, selector.best_theta, selector.best_mapping, splits.test)
     result = RunResult(
         backend=config.backend, data=config.data, optimizer=config.optimizer, budget=config.budget,
-        queries_used=learning.images_sent, test_accuracy=test_accuracy, val_accuracy=best_val,
-        baseline_test_accuracy=baseline_test, baseline_val_accuracy=history[0]["val_accuracy"],
-        test_queries=testing.images_sent, steps=optimizer.steps, seconds=time.perf_counter() - started,
-        seed=config.seed, config=config.to_dict(), history=history, theta=best_theta)
+        queries_used=learning.images_sent, test_accuracy=test_accuracy, val_accuracy=selector.best_val,
+        baseline_test_accuracy=baseline_test, baseline_val_accuracy=selector.history[0]["val_accuracy"],
+        test_queries=testing.images_sent, steps=steps, seconds=time.perf_counter() - started,
+        seed=config.seed, config=config.to_dict(), history=selector.history, theta=selector.best_theta)
     if config.out:
         from blackbox_vp.report import write_run
 
-        write_run(Path(config.out), result, prompt, mapping, splits)
+        write_run(Path(config.out), result, prompt, selector.best_mapping, splits)
     return result

@@ -27,3 +27,21 @@ def evaluate(backend: Backend, prompt: Prompt, theta: np.ndarray, mapping: Outpu
     scores = torch.cat([score(backend, prompt, theta, data.images[i : i + chunk])
                         for i in range(0, len(data), chunk)])
     return accuracy(mapping, scores, data.labels)
+
+
+class ScoreBuffer:
+    """The most recent ``capacity`` (scores, label) rows the run paid for, to refit a mapping on."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.scores: torch.Tensor | None = None
+        self.labels = torch.zeros(0, dtype=torch.long)
+
+    def add(self, scores: torch.Tensor, labels: torch.Tensor) -> None:
+        scores = scores.detach().to(torch.float64)
+        combined = scores if self.scores is None else torch.cat([self.scores, scores])
+        self.scores = combined[-self.capacity :]
+        self.labels = torch.cat([self.labels, labels.to(torch.long)])[-self.capacity :]
+
+    def __len__(self) -> int:
+        return len(self.labels)

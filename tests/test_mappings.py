@@ -1,8 +1,11 @@
+import json
+
 import numpy as np
 import torch
 
-from blackbox_vp.losses import cross_entropy
-from blackbox_vp.mappings import FrequencyMapping
+from blackbox_vp.losses import cross_entropy, focal, margin
+from blackbox_vp.mappings import (MAPPINGS, FrequencyMapping, LinearHeadMapping, MultiLabelMapping,
+                                  mapping_from_state)
 
 
 def test_frequency_mapping_is_one_to_one_and_follows_the_counts():
@@ -34,3 +37,49 @@ def test_cross_entropy_values():
     probs = torch.tensor([[0.5, 0.5], [0.9, 0.1]])
     loss = cross_entropy(probs, torch.tensor([0, 1]))
     np.testing.assert_allclose(loss.numpy(), [np.log(2), -np.log(0.1)], rtol=1e-6)
+
+
+def test_multilabel_mapping_owns_disjoint_label_sets_and_averages():
+    rng = np.random.default_rng(1)
+    scores = torch.tensor(rng.dirichlet(np.ones(40), size=300))
+    labels = torch.tensor(rng.integers(0, 4, 300))
+    mapping = MultiLabelMapping(labels_per_class=3).fit(scores, labels, 4)
+    owned = [k for group in mapping.source_labels for k in group]
+    assert [len(g) for g in mapping.source_labels] == [3, 3, 3, 3] and len(set(owned)) == 12
+    probs = mapping.probabilities(scores)
+    expected = torch.stack([scores[:, g].mean(dim=1) for g in mapping.source_labels], dim=1)
+    np.testing.assert_allclose(probs.numpy(), (expected / expected.sum(1, keepdim=True)).numpy())
+
+
+def test_linear_head_separates_what_frequency_cannot():
+    # Class information lives in the *ratio* of two labels that are never the top-1: invisible to counts.
+    rng = np.random.default_rng(2)
+    labels = torch.tensor(rng.integers(0, 2, 400))
+    logits = rng.normal(0, 0.1, (400, 6))
+    logits[:, 0] += 3.0  # label 0 always wins
+    logits[:, 1] += np.where(labels.numpy() == 0, 0.8, -0.8)
+    scores = torch.tensor(np.exp(logits) / np.exp(logits).sum(1, keepdims=True))
+    frequency = FrequencyMapping().fit(scores[:300], labels[:300], 2)
+    head = LinearHeadMapping().fit(scores[:300], labels[:300], 2)
+    accuracy = lambda m: (m.probabilities(scores[300:]).argmax(1) == labels[300:]).double().mean().item()  # noqa: E731
+    assert accuracy(head) > 0.95 and accuracy(frequency) < 0.7
+
+
+def test_mapping_state_round_trips_for_every_registered_mapping():
+    rng = np.random.default_rng(3)
+    scores = torch.tensor(rng.dirichlet(np.ones(30), size=200))
+    labels = torch.tensor(rng.integers(0, 5, 200))
+    for name in MAPPINGS.names():
+        mapping = MAPPINGS.get(name)().fit(scores, labels, 5)
+        state = json.loads(json.dumps(mapping.state()))
+        rebuilt = mapping_from_state(state)
+        np.testing.assert_allclose(rebuilt.probabilities(scores).numpy(), mapping.probabilities(scores).numpy())
+
+
+def test_focal_and_margin_losses():
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    labels = torch.tensor([0, 0])
+    np.testing.assert_allclose(focal(probs, labels).numpy(), [-(0.1**2) * np.log(0.9), -(0.8**2) * np.log(0.2)],
+                               rtol=1e-6)
+    np.testing.assert_allclose(margin(probs, labels).numpy(), [np.log(0.1 / 0.9), np.log(0.8 / 0.2)], rtol=1e-6)
+    assert margin(torch.tensor([[0.9999, 1e-5]]), torch.tensor([0])).item() == -5.0  # floored at -kappa

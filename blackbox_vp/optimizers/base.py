@@ -55,4 +55,6 @@ def make_optimizer(name: str, x0: np.ndarray, seed: int = 0) -> Optimizer:
     """Build a registered optimizer (importing the package registers all of them)."""
     import blackbox_vp.optimizers  # noqa: F401  (registers every optimizer)
 
+    if name.startswith("ng:"):  # any nevergrad optimizer by its registry name (nevergrad_any.py)
+        return OPTIMIZERS.get("ng:<Name>")(x0, seed=seed, optimizer=name[3:])
     return OPTIMIZERS.get(name)(x0, seed=seed)
