@@ -15,6 +15,14 @@ from blackbox_vp.config import RunConfig
 DEMO_OUT = "bbvp-demo"
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless its help line already explains it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        return text if "default:" in text or action.default is None else super()._get_help_string(action)
+
+
 def _field_type(annotation: object) -> type:
     """int for 'int | None', str for 'str | None', and so on."""
     if isinstance(annotation, str):
@@ -40,9 +48,9 @@ def add_run_options(parser: argparse.ArgumentParser, defaults: RunConfig) -> Non
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bbvp", description="Adapt an image model you can only query to your task with a learned pixel prompt.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    formatter = argparse.ArgumentDefaultsHelpFormatter
+    formatter = HelpFormatter
 
     optimize = sub.add_parser("optimize", help="learn a prompt and output mapping under a query budget",
                               formatter_class=formatter)

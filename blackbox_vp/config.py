@@ -14,9 +14,18 @@ class RunConfig:
     backend: str = option("reference", "model to adapt: a registered backend name (`bbvp list backends`)")
     data: str = option("digits", "task: a registered data set (`bbvp list data`) or a folder ROOT/<class>/<image>")
     prompt: str = option("padding", "prompt type (`bbvp list prompts`)")
-    width: int | None = option(None, "padding prompt width in pixels (default: 30 at 224, scaled to the model's input)")
+    placement: str = option("shrink", "padding and full-frame prompts: 'shrink' resizes your image into the region "
+                            "inside the border, 'overlay' keeps it full size under the prompt")
+    width: int | None = option(None, "border width in pixels of the padding and full-frame prompts (default: 30 at "
+                               "224, scaled to the model's input)")
+    patch: int | None = option(None, "side in pixels of the fixed-patch and random-patch prompts (default: 48 at 224, "
+                               "scaled to the model's input)")
+    jpeg_quality: int | None = option(None, "JPEG-compress every prompted image at this quality (1-100) before it is "
+                                      "scored, as an API may receive it (default: off)")
     parameterization: str = option("grid", "how the optimizer's vector becomes the prompt (`bbvp list parameterizations`)")
     grid: int = option(8, "grid side g of the 'grid' parameterization (3*g*g dimensions)")
+    dct_k: int = option(8, "low frequencies k per axis and channel of the 'dct' parameterization (3*k*k dimensions)")
+    subspace_dim: int = option(100, "intrinsic dimension d of the 'subspace' parameterization (1 to 768)")
     mapping: str = option("frequency", "output mapping from model labels to your classes (`bbvp list mappings`)")
     loss: str = option("ce", "loss on the mapped probabilities (`bbvp list losses`)")
     optimizer: str = option("cma", "optimizer (`bbvp list optimizers`)")

@@ -1,7 +1,9 @@
 """Save and load a learned prompt: parameters, prompt configuration and fitted output mapping.
 
 One JSON file, readable and exact (floats round-trip through JSON's shortest repr), so that
-``bbvp evaluate --prompt FILE`` reproduces the reported accuracy.
+``bbvp evaluate --prompt FILE`` reproduces the reported accuracy. The prompt's configuration holds
+its constructor's keywords (placement, JPEG quality, seeds included); the parameterization is built
+for the canvas and the prompt resizes it to its pattern, as when it was made.
 """
 
 from __future__ import annotations

@@ -1,13 +1,23 @@
 """Visual prompts: learnable pixels composed with the user's images into what the model sees.
 
 A prompt owns the shapes and bounds: optimizers see an unconstrained flat vector ``theta``; the
-prompt's parameterization expands it to a (3, H, W) pattern, squashed into [0, 255] with
-``127.5 * (1 + tanh(x))`` (BAR, Tsai et al. 2020, eq. 1 uses the same tanh bound) and composed.
-``theta = 0`` is a uniform mid-grey prompt: the no-prompt baseline.
+prompt's parameterization expands it to a (3, h, w) pattern (the canvas, or the patch of a patch
+prompt), squashed into [0, 255] with ``127.5 * (1 + tanh(x))`` (BAR, Tsai et al. 2020, eq. 1 uses
+the same tanh bound) and composed. ``theta = 0`` is the no-prompt baseline: a uniform mid-grey
+prompt (or, for an additive full-frame prompt over the image, no change at all).
+
+Placement: with ``"shrink"`` the user's images arrive resized to ``inner_size`` (the data loader
+resizes them) and sit in the middle of the canvas; with ``"overlay"`` they fill the canvas and the
+prompt lies over them. Patch prompts always overlay.
+
+Every composed image is rounded to 8-bit RGB, and optionally JPEG-compressed, before it is scored,
+on both the black-box path (:meth:`Prompt.apply`) and the white-box path
+(:meth:`Prompt.apply_differentiable`, straight-through gradients): both score the same pixels.
 """
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -15,94 +25,233 @@ import torch
 import torch.nn.functional as F
 
 from blackbox_vp.parameterizations import PARAMETERIZATIONS, Parameterization
-from blackbox_vp.quantize import quantize, to_uint8_nhwc
+from blackbox_vp.quantize import check_jpeg_quality, jpeg, jpeg_straight_through, quantize, to_uint8_nhwc
 from blackbox_vp.registry import Registry
+
+GREY = 127.5
+PLACEMENTS = ("shrink", "overlay")
 
 
 class Prompt(ABC):
-    """Composes images with a pattern on a canvas of ``canvas_size``; user images are ``inner_size``."""
+    """Composes images with a pattern on a canvas of ``canvas_size``; user images are ``inner_size``.
+
+    Subclasses set the pattern's size; the parameterization is resized to it (default: an 8 x 8 grid).
+    ``jpeg_quality`` (None: off) JPEG-compresses every composed image after 8-bit rounding.
+    """
 
     name: str
-    canvas_size: tuple[int, int]
-    inner_size: tuple[int, int]
-    parameterization: Parameterization
+
+    def __init__(self, canvas_size: tuple[int, int], inner_size: tuple[int, int], pattern_size: tuple[int, int],
+                 parameterization: Parameterization | None, jpeg_quality: int | None):
+        check_jpeg_quality(jpeg_quality)
+        self.canvas_size = (int(canvas_size[0]), int(canvas_size[1]))
+        self.inner_size = (int(inner_size[0]), int(inner_size[1]))
+        self.parameterization = (parameterization or PARAMETERIZATIONS.get("grid")(pattern_size)).resized(pattern_size)
+        self.jpeg_quality = jpeg_quality
 
     @property
     def dimension(self) -> int:
         return self.parameterization.dimension
 
     def initial(self) -> np.ndarray:
-        """The starting point: zeros, a uniform grey prompt."""
+        """The starting point: zeros, the no-prompt baseline."""
         return np.zeros(self.dimension)
 
     def pattern(self, theta: torch.Tensor) -> torch.Tensor:
-        """Pixel values in [0, 255] of the prompt, (3, H, W) (or (P, 3, H, W) for P vectors)."""
-        return 127.5 * (1.0 + torch.tanh(self.parameterization.expand(theta)))
+        """Pixel values in [0, 255] of the prompt, (3, h, w) (or (P, 3, h, w) for P vectors)."""
+        return GREY * (1.0 + torch.tanh(self.parameterization.expand(theta)))
 
     @abstractmethod
     def compose(self, theta: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """Float pixels (N, 3, H, W) in [0, 255], differentiable in ``theta``, not yet quantized.
 
-        ``images`` are float (N, 3, h, w) in [0, 255] at ``inner_size``.
+        ``theta`` is one vector (d,); ``images`` are float (N, 3, h, w) in [0, 255] at ``inner_size``.
         """
 
     def config(self) -> dict:
-        """Everything needed to rebuild the prompt (without its parameters)."""
+        """Everything needed to rebuild the prompt (without its parameters): its constructor's keywords."""
         return {"type": self.name, "canvas_size": list(self.canvas_size),
-                "parameterization": self.parameterization.config()}
+                "parameterization": self.parameterization.config(), "jpeg_quality": self.jpeg_quality}
 
     # Black-box path -------------------------------------------------------------------------------
     @torch.no_grad()
     def apply(self, thetas: np.ndarray, images: np.ndarray) -> np.ndarray:
         """uint8 images (N, h, w, 3) prompted with each of ``thetas`` (P, d) -> uint8 (P * N, H, W, 3).
 
-        Candidate-major order: rows [p * N, (p + 1) * N) carry candidate p. Quantized to 8 bits as
-        an API receives them.
+        Candidate-major order: rows [p * N, (p + 1) * N) carry candidate p. Quantized to 8 bits (and
+        JPEG-decoded pixels if ``jpeg_quality`` is set) as an API receives them.
         """
         thetas = np.atleast_2d(thetas)
         x = images_to_tensor(images)
         out = np.empty((len(thetas) * len(images), *self.canvas_size, 3), dtype=np.uint8)
         for p, theta in enumerate(thetas):
-            composed = self.compose(torch.as_tensor(theta, dtype=torch.float32), x)
-            out[p * len(images) : (p + 1) * len(images)] = to_uint8_nhwc(composed)
+            pixels = to_uint8_nhwc(self.compose(torch.as_tensor(theta, dtype=torch.float32), x))
+            if self.jpeg_quality is not None:
+                pixels = jpeg(pixels, self.jpeg_quality)
+            out[p * len(images) : (p + 1) * len(images)] = pixels
         return out
 
     # White-box path -------------------------------------------------------------------------------
     def apply_differentiable(self, theta: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """Quantized (straight-through) float images (N, 3, H, W) in [0, 1] for a torch model."""
-        return quantize(self.compose(theta, images)) / 255.0
+        """Float images (N, 3, H, W) in [0, 1] for a torch model: the pixels :meth:`apply` sends.
+
+        Rounding and JPEG are straight-through: exact in the forward pass, the identity backward.
+        """
+        pixels = quantize(self.compose(theta, images))
+        if self.jpeg_quality is not None:
+            pixels = jpeg_straight_through(pixels, self.jpeg_quality)
+        return pixels / 255.0
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, h, w, 3) -> float (N, 3, h, w) in [0, 255]."""
-    return torch.tensor(images).permute(0, 3, 1, 2).float()
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
 
 
 PROMPTS: Registry[Prompt] = Registry("prompt")
 
 
-@PROMPTS.register("padding", "a learnable border around the shrunken image (Bahng et al. 2022); --width pixels")
-class PaddingPrompt(Prompt):
-    name = "padding"
+class FramedPrompt(Prompt):
+    """An image region inside a border of ``width`` pixels: the shared base of padding and full-frame.
 
-    def __init__(self, canvas_size: tuple[int, int] = (224, 224), width: int = 30,
-                 parameterization: Parameterization | None = None):
+    ``placement="shrink"``: the image is ``width`` pixels smaller on each side and padded (with grey)
+    to the canvas; ``"overlay"``: the image fills the canvas.
+    """
+
+    def __init__(self, canvas_size: tuple[int, int], width: int, placement: str,
+                 parameterization: Parameterization | None, jpeg_quality: int | None):
         height, wide = canvas_size
         if width < 1 or 2 * width >= min(height, wide):
             raise ValueError(f"prompt width {width} does not fit a {height}x{wide} canvas: it must be between 1 "
                              f"and {(min(height, wide) - 1) // 2}")
-        self.canvas_size = (height, wide)
+        if placement not in PLACEMENTS:
+            raise ValueError(f"unknown placement {placement!r}; choose one of: {', '.join(PLACEMENTS)}")
+        inner_size = (height - 2 * width, wide - 2 * width) if placement == "shrink" else (height, wide)
+        super().__init__(canvas_size, inner_size, canvas_size, parameterization, jpeg_quality)
         self.width = width
-        self.inner_size = (height - 2 * width, wide - 2 * width)
-        self.parameterization = parameterization or PARAMETERIZATIONS.get("grid")(self.canvas_size)
-        mask = torch.ones(1, height, wide)
-        mask[:, width : height - width, width : wide - width] = 0.0
-        self.mask = mask
+        self.placement = placement
+        border = torch.ones(1, height, wide)
+        border[:, width : height - width, width : wide - width] = 0.0
+        self.border = border
 
-    def compose(self, theta: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    def canvas(self, images: torch.Tensor) -> torch.Tensor:
+        """The images on the canvas: grey-padded around (shrink) or as they are (overlay)."""
+        if self.placement == "overlay":
+            return images
         w = self.width
-        padded = F.pad(images, (w, w, w, w))
-        return padded * (1.0 - self.mask) + self.pattern(theta) * self.mask
+        return F.pad(images, (w, w, w, w), value=GREY)
 
     def config(self) -> dict:
-        return {**super().config(), "width": self.width}
+        return {**super().config(), "width": self.width, "placement": self.placement}
+
+
+@PROMPTS.register("padding", "a learnable border around the shrunken image, or over its border with "
+                  "--placement overlay (Bahng et al. 2022); --width pixels")
+class PaddingPrompt(FramedPrompt):
+    """The border pixels are the pattern (Bahng et al. 2022, *Exploring visual prompts*, sec. 3)."""
+
+    name = "padding"
+
+    def __init__(self, canvas_size: tuple[int, int] = (224, 224), *, width: int = 30, placement: str = "shrink",
+                 parameterization: Parameterization | None = None, jpeg_quality: int | None = None):
+        super().__init__(canvas_size, width, placement, parameterization, jpeg_quality)
+
+    def compose(self, theta: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        border = self.border.to(images)
+        return self.canvas(images) * (1.0 - border) + self.pattern(theta) * border
+
+
+@PROMPTS.register("full-frame", "an additive pattern over the whole canvas where a mask allows: the border "
+                  "around the shrunken image, or all of it with --placement overlay (BAR, Tsai et al. 2020)")
+class FullFramePrompt(FramedPrompt):
+    """``clamp(canvas + M * 255 tanh(W), 0, 255)``: BAR's prompt (Tsai et al. 2020, eq. 1, ``P = tanh(W * M)``).
+
+    The mask M is zero on the image region with ``placement="shrink"`` (BAR) and one everywhere with
+    ``"overlay"``, where the pattern is a signed perturbation of the whole image. The padding is
+    mid-grey, so ``theta = 0`` is the grey border of the padding prompt (shrink) or the bare image
+    (overlay). ``width`` is the border of the shrunken image; ``"overlay"`` does not use it.
+    """
+
+    name = "full-frame"
+
+    def __init__(self, canvas_size: tuple[int, int] = (224, 224), *, width: int = 30, placement: str = "shrink",
+                 parameterization: Parameterization | None = None, jpeg_quality: int | None = None):
+        super().__init__(canvas_size, width, placement, parameterization, jpeg_quality)
+        self.mask = self.border if placement == "shrink" else torch.ones(1, *self.canvas_size)
+
+    def delta(self, theta: torch.Tensor) -> torch.Tensor:
+        """The additive pattern, 255 tanh(x) in [-255, 255]: any pixel can reach any value."""
+        return 2.0 * self.pattern(theta) - 255.0
+
+    def compose(self, theta: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        return (self.canvas(images) + self.mask.to(images) * self.delta(theta)).clamp(0.0, 255.0)
+
+
+class PatchPrompt(Prompt):
+    """A square pattern of ``patch`` pixels pasted over the full-size image (Bahng et al. 2022, sec. 3)."""
+
+    def __init__(self, canvas_size: tuple[int, int], patch: int, parameterization: Parameterization | None,
+                 jpeg_quality: int | None):
+        if not 1 <= patch <= min(canvas_size):
+            raise ValueError(f"patch {patch} does not fit a {canvas_size[0]}x{canvas_size[1]} canvas: it must be "
+                             f"between 1 and {min(canvas_size)}")
+        super().__init__(canvas_size, canvas_size, (patch, patch), parameterization, jpeg_quality)
+        self.patch = patch
+
+    @abstractmethod
+    def positions(self, images: torch.Tensor) -> list[tuple[int, int]]:
+        """The patch's top-left corner (row, column) on each image."""
+
+    def compose(self, theta: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        pattern, p = self.pattern(theta), self.patch
+        out = images.clone()
+        for i, (y, x) in enumerate(self.positions(images)):
+            out[i, :, y : y + p, x : x + p] = pattern
+        return out
+
+    def config(self) -> dict:
+        return {**super().config(), "patch": self.patch}
+
+
+@PROMPTS.register("fixed-patch", "a learnable square in the top-left corner over the full-size image "
+                  "(Bahng et al. 2022); --patch pixels")
+class FixedPatchPrompt(PatchPrompt):
+    name = "fixed-patch"
+
+    def __init__(self, canvas_size: tuple[int, int] = (224, 224), *, patch: int = 48,
+                 parameterization: Parameterization | None = None, jpeg_quality: int | None = None):
+        super().__init__(canvas_size, patch, parameterization, jpeg_quality)
+
+    def positions(self, images: torch.Tensor) -> list[tuple[int, int]]:
+        return [(0, 0)] * len(images)
+
+
+@PROMPTS.register("random-patch", "a learnable square at a position drawn per image over the full-size image "
+                  "(Bahng et al. 2022); --patch pixels, positions seeded by --seed")
+class RandomPatchPrompt(PatchPrompt):
+    """The patch's position is drawn per image from a hash of ``seed`` and the image's 8-bit pixels.
+
+    Bahng et al. draw it afresh each time; here it is a deterministic function of the image content,
+    so the same image always gets the same pixels whatever batch or call it comes in (the black-box
+    and white-box paths, repeated scoring, caching and ``bbvp evaluate`` all agree).
+    """
+
+    name = "random-patch"
+
+    def __init__(self, canvas_size: tuple[int, int] = (224, 224), *, patch: int = 48, seed: int = 0,
+                 parameterization: Parameterization | None = None, jpeg_quality: int | None = None):
+        super().__init__(canvas_size, patch, parameterization, jpeg_quality)
+        self.seed = seed
+
+    def positions(self, images: torch.Tensor) -> list[tuple[int, int]]:
+        rows, columns = self.canvas_size[0] - self.patch + 1, self.canvas_size[1] - self.patch + 1
+        pixels = images.detach().clamp(0, 255).round().to(torch.uint8).cpu().numpy()
+        corners = []
+        for image in pixels:
+            digest = hashlib.blake2b(f"{self.seed}:".encode() + image.tobytes(), digest_size=8).digest()
+            draw = int.from_bytes(digest, "little")
+            corners.append((draw % rows, draw // rows % columns))
+        return corners
+
+    def config(self) -> dict:
+        return {**super().config(), "seed": self.seed}

@@ -54,10 +54,19 @@ class RunResult:
 
 
 def build_prompt(config: RunConfig, canvas_size: tuple[int, int]) -> Prompt:
-    parameterization_options = {"grid": config.grid} if config.parameterization == "grid" else {}
-    parameterization = PARAMETERIZATIONS.get(config.parameterization)(canvas_size, **parameterization_options)
-    width = config.width if config.width is not None else round(30 * min(canvas_size) / 224)
-    return PROMPTS.get(config.prompt)(canvas_size, width=width, parameterization=parameterization)
+    parameterization_options = {"grid": {"grid": config.grid}, "dct": {"k": config.dct_k},
+                                "subspace": {"dim": config.subspace_dim, "seed": config.seed}}
+    parameterization = PARAMETERIZATIONS.get(config.parameterization)(
+        canvas_size, **parameterization_options.get(config.parameterization, {}))
+    scale = min(canvas_size) / 224
+    width = config.width if config.width is not None else round(30 * scale)
+    patch = config.patch if config.patch is not None else round(48 * scale)
+    prompt_options = {"padding": {"width": width, "placement": config.placement},
+                      "full-frame": {"width": width, "placement": config.placement},
+                      "fixed-patch": {"patch": patch},
+                      "random-patch": {"patch": patch, "seed": config.seed}}
+    return PROMPTS.get(config.prompt)(canvas_size, parameterization=parameterization,
+                                      jpeg_quality=config.jpeg_quality, **prompt_options.get(config.prompt, {}))
 
 
 def default_split_sizes(total: int, config: RunConfig) -> tuple[int, int, int]:
