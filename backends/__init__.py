@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 from backends.base import Backend, BackendError, BackendWrapper
+from backends.caching import CachingBackend
 from backends.counting import BudgetExhausted, CountingBackend
+from backends.partial import LabelOnlyBackend, TopKBackend
 from blackbox_vp.registry import Registry
 
 BACKENDS: Registry[Backend] = Registry("backend")
@@ -34,9 +36,13 @@ def _toy(device: str = "cpu") -> Backend:
 
 
 def make_backend(name: str, device: str = "cpu") -> Backend:
-    """Build the backend registered as ``name``."""
+    """Build the backend registered as ``name``; ``hf:<dir>`` loads a local transformers classifier."""
+    if name.startswith("hf:"):
+        from backends.hf_local import hf_image_classifier
+
+        return hf_image_classifier(name[3:], device=device)
     return BACKENDS.get(name)(device=device)
 
 
-__all__ = ["BACKENDS", "Backend", "BackendError", "BackendWrapper", "BudgetExhausted", "CountingBackend",
-           "make_backend"]
+__all__ = ["BACKENDS", "Backend", "BackendError", "BackendWrapper", "BudgetExhausted", "CachingBackend",
+           "CountingBackend", "LabelOnlyBackend", "TopKBackend", "make_backend"]

@@ -209,3 +209,39 @@ class LinearHeadMapping(OutputMapping):
     def from_state(cls, state: dict) -> LinearHeadMapping:
         tensor = lambda key: torch.tensor(state[key], dtype=torch.float64)  # noqa: E731
         return cls(state["l2"], tensor("weight"), tensor("bias"), tensor("mean"), tensor("scale"))
+
+
+@MAPPINGS.register("identity", "the backend's labels are the classes, in order (zero-shot backends given the class names)")
+class IdentityMapping(OutputMapping):
+    """For a backend whose K labels are the user's C classes in the same order (a zero-shot model
+    given the class names): class probabilities are the scores, renormalized. Fitting only checks
+    that K == C; it needs no scores beyond their shape."""
+
+    name = "identity"
+
+    def __init__(self, num_classes: int | None = None):
+        self.num_classes = num_classes
+
+    def fit(self, scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> IdentityMapping:
+        num_labels = scores.shape[1]
+        if num_labels != num_classes:
+            raise ValueError(f"the identity mapping needs as many backend labels as classes, got {num_labels} labels "
+                             f"for {num_classes} classes; use a zero-shot backend built from the class names, or "
+                             "another mapping")
+        self.num_classes = num_classes
+        return self
+
+    def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        if self.num_classes is None:
+            raise RuntimeError("the identity mapping is not fitted yet")
+        if scores.shape[1] != self.num_classes:
+            raise ValueError(f"the identity mapping was fitted for {self.num_classes} classes, got {scores.shape[1]} "
+                             "scores per image")
+        return scores / scores.sum(dim=1, keepdim=True).clamp_min(EPSILON)
+
+    def state(self) -> dict:
+        return {"type": self.name, "num_classes": self.num_classes}
+
+    @classmethod
+    def from_state(cls, state: dict) -> IdentityMapping:
+        return cls(int(state["num_classes"]))

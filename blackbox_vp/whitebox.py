@@ -52,7 +52,7 @@ def run_whitebox(config: RunConfig, prompt: Prompt, mapping: OutputMapping, spli
         steps += 1
         selector.progress.update(learning.images_sent - selector.progress.n)
         if learning.images_sent >= next_validation or not learning.fits(plan.step_images + plan.validation_pass):
-            selector.consider(theta.detach().cpu().numpy().astype(np.float64), steps, float(loss))
+            selector.consider(theta.detach().cpu().numpy().astype(np.float64), steps, loss.item())
             while next_validation <= learning.images_sent:
                 next_validation += plan.validation_every
     return steps
