@@ -1,0 +1,36 @@
+"""Backends behind a URL (``--backend http://...``) and the server that puts a local backend behind one.
+
+``make_http_backend(url, format=..., ...)`` builds an :class:`HTTPBackend` from run options whose
+names are the ``RunConfig`` fields listed in ``HTTP_OPTIONS``. The server (``server.py``) needs
+FastAPI and uvicorn and is imported only by ``bbvp serve``.
+"""
+
+from __future__ import annotations
+
+from backends.http.client import HTTPBackend
+from backends.http.codecs import FORMATS, load_labels
+
+HTTP_OPTIONS = ("format", "labels", "token_env", "token_header", "rate_limit", "image_rate_limit",
+                "cost_per_image", "http_max_batch", "http_concurrency", "http_timeout", "http_attempts")
+"""The run options (``RunConfig`` fields) that configure an HTTP backend."""
+
+
+def is_url(name: str) -> bool:
+    """Whether a ``--backend`` value is a URL rather than a registered backend name."""
+    return name.startswith(("http://", "https://"))
+
+
+def make_http_backend(url: str, format: str = "bbvp", labels: str | None = None, token_env: str | None = None,
+                      token_header: str = "Authorization", rate_limit: float | None = None,
+                      image_rate_limit: float | None = None, cost_per_image: float = 0.0,
+                      http_max_batch: int | None = None, http_concurrency: int = 4, http_timeout: float = 60.0,
+                      http_attempts: int = 6) -> HTTPBackend:
+    """An :class:`HTTPBackend` for ``url`` from run options; ``labels`` is a labels file (see ``load_labels``)."""
+    return HTTPBackend(url, format, labels=load_labels(labels) if labels else None, token_env=token_env,
+                       token_header=token_header, rate_limit=rate_limit, image_rate_limit=image_rate_limit,
+                       cost_per_image=cost_per_image, max_batch=http_max_batch, concurrency=http_concurrency,
+                       timeout=http_timeout,
+                       max_attempts=http_attempts)
+
+
+__all__ = ["FORMATS", "HTTP_OPTIONS", "HTTPBackend", "is_url", "load_labels", "make_http_backend"]

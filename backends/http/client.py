@@ -1,0 +1,353 @@
+"""A backend behind an HTTP URL: one shared httpx client, bounded concurrency, retries, rate limit, cost.
+
+:class:`HTTPBackend` keeps a plain synchronous :meth:`query`; underneath, an asyncio loop on a daemon
+thread owns one ``httpx.AsyncClient`` and sends the requests of one call concurrently (at most
+``concurrency`` at a time). The only network boundary is that client's transport, which tests
+replace with ``httpx.MockTransport``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import sys
+import threading
+import time
+from collections.abc import Coroutine, Sequence
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+
+import httpx
+import numpy as np
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from backends.base import Backend, BackendError, check_images, check_scores
+from backends.http.codecs import FORMATS, Call, CodecError, ModelInfo
+
+T = TypeVar("T")
+
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+RETRY_TRANSPORT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+EXCERPT_CHARS = 200
+STATUS_HINTS = {
+    401: "the server wants credentials: put the token in an environment variable and name it with --token-env",
+    403: "the token was refused: check the one in the --token-env variable and its permissions",
+    404: "check the URL and --format",
+    405: "check the URL and --format",
+    413: "the request was too large: lower the images per request (--http-max-batch)",
+    422: "the server did not accept the request body: check --format",
+}
+
+
+class RetryableError(BackendError):
+    """A status worth retrying (429, 503, ...); ``retry_after`` is the server's hint in seconds, if any."""
+
+    def __init__(self, message: str, status: int, retry_after: float | None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+def _retryable(error: BaseException) -> bool:
+    return isinstance(error, (RetryableError, *RETRY_TRANSPORT_ERRORS))
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date; None if absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+
+
+def _estimated_time(response: httpx.Response) -> float | None:
+    """Hugging Face's {"error": ..., "estimated_time": seconds} while a model loads."""
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        return None
+    value = body.get("estimated_time") if isinstance(body, dict) else None
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) and value >= 0 else None
+
+
+class RateLimiter:
+    """Spaces requests so that at most ``requests_per_second`` requests and ``images_per_second`` images go out.
+
+    Each request reserves the next free start time; the gap after it is the larger of
+    1 / requests_per_second and images / images_per_second. No bursts.
+    """
+
+    def __init__(self, requests_per_second: float | None = None, images_per_second: float | None = None):
+        for name, rate in (("rate_limit", requests_per_second), ("image_rate_limit", images_per_second)):
+            if rate is not None and not rate > 0:
+                raise ValueError(f"{name} must be a positive number per second (or unset), got {rate}")
+        self.requests_per_second = requests_per_second
+        self.images_per_second = images_per_second
+        self._next_start = 0.0
+
+    async def wait(self, images: int) -> None:
+        """Wait for this request's turn (runs on one event loop, so the reservation needs no lock)."""
+        if self.requests_per_second is None and self.images_per_second is None:
+            return
+        now = time.monotonic()
+        start = max(now, self._next_start)
+        gap = max(1.0 / self.requests_per_second if self.requests_per_second else 0.0,
+                  images / self.images_per_second if self.images_per_second else 0.0)
+        self._next_start = start + gap
+        await asyncio.sleep(start - now)
+
+
+class _LoopThread:
+    """An asyncio event loop on a daemon thread; :meth:`run` hands it a coroutine and waits for the result."""
+
+    def __init__(self, name: str):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # e.g. KeyboardInterrupt in the caller: stop the requests too
+            raise
+
+    def close(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+
+class HTTPBackend(Backend):
+    """A model served over HTTP in one of the wire formats of :data:`backends.http.codecs.FORMATS`.
+
+    Labels come from the server's metadata where the format has it (``bbvp``, ``oip-v2`` with label
+    parameters), else from ``labels``; an ``oip-v2`` server that only publishes its output shape
+    [N, K] gets labels "0".."K-1". ``image_size`` and ``max_batch`` likewise come from the metadata,
+    else from the arguments (default 224 x 224 and no limit; one image per request for formats
+    without batches).
+
+    Failed requests are retried (connection errors, timeouts, 408/425/429/500/502/503/504) up to
+    ``max_attempts`` in all, waiting what Retry-After or Hugging Face's ``estimated_time`` says (at
+    most ``max_retry_after`` seconds), else a jittered exponential backoff (``backoff`` seconds
+    doubling per attempt, at most ``max_backoff``). A token is read from the environment variable
+    ``token_env`` and sent as ``Authorization: Bearer`` (or raw in ``token_header``); it is never
+    printed, logged or stored anywhere else. ``stats()`` reports requests, retries, images and cost.
+    """
+
+    def __init__(self, url: str, format: str = "bbvp", *, labels: Sequence[str] | None = None,
+                 image_size: tuple[int, int] | None = None, max_batch: int | None = None,
+                 concurrency: int = 4, timeout: float = 60.0, max_attempts: int = 6,
+                 backoff: float = 0.5, max_backoff: float = 30.0, max_retry_after: float = 60.0,
+                 rate_limit: float | None = None, image_rate_limit: float | None = None,
+                 cost_per_image: float = 0.0, token_env: str | None = None,
+                 token_header: str = "Authorization", transport: httpx.AsyncBaseTransport | None = None):
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"backend URL {url!r} must start with http:// or https://")
+        for name, value in (("concurrency", concurrency), ("max_attempts", max_attempts), ("max_batch", max_batch)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if not (timeout > 0 and backoff >= 0 and max_backoff >= 0 and max_retry_after >= 0 and cost_per_image >= 0):
+            raise ValueError("timeout must be > 0; backoff, max_backoff, max_retry_after and cost_per_image >= 0")
+        self.url = url.rstrip("/")
+        self.format = format
+        self.codec = FORMATS.get(format)(self.url)
+        self.max_attempts = max_attempts
+        self.cost_per_image = cost_per_image
+        self.requests = 0  # HTTP requests sent, retries and metadata included
+        self.retries = 0
+        self.images_answered = 0  # images in answered requests: what the server scored for us
+        self._backoff = wait_random_exponential(multiplier=backoff, max=max_backoff)
+        self._max_retry_after = max_retry_after
+        self._limiter = RateLimiter(rate_limit, image_rate_limit)
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._token = self._read_token(token_env)
+        headers = {}
+        if self._token is not None:
+            is_bearer = token_header.lower() == "authorization"
+            headers[token_header] = f"Bearer {self._token}" if is_bearer else self._token
+        self._loop = _LoopThread(name=f"bbvp-http {self.url}")
+        self._client = httpx.AsyncClient(
+            headers=headers, transport=transport, follow_redirects=False,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency))
+        try:
+            self._configure(self._discover(), labels, image_size, max_batch)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _read_token(token_env: str | None) -> str | None:
+        if token_env is None:
+            return None
+        token = os.environ.get(token_env, "")
+        if not token:
+            raise ValueError(f"environment variable {token_env} (--token-env) is empty or not set; "
+                             "put the API token there")
+        return token
+
+    def _discover(self) -> ModelInfo:
+        """Run the codec's metadata requests (from the calling thread); a 404 reaches the codec as None."""
+        def fetch(call: Call) -> Any:
+            return self._loop.run(self._request(call, count=0, missing_ok=True))
+
+        try:
+            return self.codec.discover(fetch)
+        except CodecError as error:
+            raise BackendError(f"{self.format} server at {self.url}: {error}") from error
+
+    def _configure(self, info: ModelInfo, labels: Sequence[str] | None, image_size: tuple[int, int] | None,
+                   max_batch: int | None) -> None:
+        """Settle labels, image size and batch limit from the server's metadata and the arguments."""
+        where = f"{self.format} server at {self.url}"
+        if info.labels is not None and labels is not None and list(labels) != info.labels:
+            first = next((i for i, (a, b) in enumerate(zip(labels, info.labels)) if a != b), None)
+            raise ValueError(f"the labels given ({len(labels)}) do not match the {len(info.labels)} that {where} "
+                             f"publishes" + (f" (first difference at index {first})" if first is not None else "")
+                             + "; drop the labels file or fix it")
+        chosen = info.labels or (list(labels) if labels is not None else None)
+        if chosen is None and info.num_labels is not None:
+            chosen = [str(i) for i in range(info.num_labels)]
+        if chosen is None:
+            raise ValueError(f"{where} publishes no label names; pass a labels file (one label per line)"
+                             + (" holding the candidate labels" if self.format == "hf-zero-shot" else ""))
+        if info.num_labels is not None and len(chosen) != info.num_labels:
+            raise ValueError(f"{len(chosen)} labels given, but {where} scores {info.num_labels}")
+        if self.codec.keyed and len(set(chosen)) != len(chosen):
+            duplicate = next(label for label in chosen if chosen.count(label) > 1)
+            raise ValueError(f"format {self.format} names labels in its answers, so labels must be unique; "
+                             f"{duplicate!r} appears more than once")
+        if info.image_size is not None and image_size is not None and tuple(image_size) != info.image_size:
+            raise ValueError(f"image_size {tuple(image_size)} given, but {where} takes {info.image_size}")
+        self.labels = chosen
+        self.image_size = info.image_size or (tuple(image_size) if image_size is not None else (224, 224))
+        limits = [limit for limit in (info.max_batch, max_batch, None if self.codec.batched else 1) if limit]
+        self.max_batch = min(limits) if limits else sys.maxsize
+
+    def query(self, images: np.ndarray) -> np.ndarray:
+        """Score ``images`` (uint8, N x H x W x 3) in as few requests as the format allows, sent concurrently."""
+        images = check_images(images)
+        if len(images) == 0:
+            return np.zeros((0, self.num_labels))
+        chunks = [images[start : start + self.max_batch] for start in range(0, len(images), self.max_batch)]
+        calls = [self.codec.encode(chunk, self.labels) for chunk in chunks]  # encoded here, off the loop
+        parts = self._loop.run(self._score_all(calls, [len(chunk) for chunk in chunks]))
+        return np.concatenate(parts, axis=0)
+
+    def _query_batch(self, images: np.ndarray) -> np.ndarray:
+        return self.query(images)
+
+    async def _score_all(self, calls: list[Call], counts: list[int]) -> list[np.ndarray]:
+        tasks = [asyncio.ensure_future(self._score(call, count)) for call, count in zip(calls, counts)]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def _score(self, call: Call, count: int) -> np.ndarray:
+        payload = await self._request(call, count)
+        try:
+            scores = self.codec.decode(payload, count, self.labels)
+        except CodecError as error:
+            raise BackendError(f"{self.format} answer from {call.url} does not fit the format: {error}") from error
+        return check_scores(scores, count, self.num_labels, source=f"{self.format} server at {call.url}")
+
+    async def _request(self, call: Call, count: int, missing_ok: bool = False) -> Any:
+        """Send ``call`` with retries; the parsed JSON answer (None for a 404 when ``missing_ok``)."""
+        retrying = AsyncRetrying(stop=stop_after_attempt(self.max_attempts), wait=self._wait,
+                                 retry=retry_if_exception(_retryable),
+                                 before_sleep=self._count_retry, reraise=True)
+        try:
+            return await retrying(self._send, call, count, missing_ok)
+        except RetryableError as error:
+            raise BackendError(f"{error} (gave up after {self.max_attempts} attempts)") from error
+        except RETRY_TRANSPORT_ERRORS as error:
+            raise BackendError(f"no answer from {call.url}: {type(error).__name__}: {error} (gave up after "
+                               f"{self.max_attempts} attempts); check that the server is up and reachable") from error
+        except httpx.HTTPError as error:
+            raise BackendError(f"cannot send to {call.url}: {type(error).__name__}: {error}") from error
+
+    def _count_retry(self, state: RetryCallState) -> None:
+        self.retries += 1
+
+    def _wait(self, state: RetryCallState) -> float:
+        """Seconds before the next attempt: the server's hint (clamped) or a jittered exponential backoff."""
+        error = state.outcome.exception() if state.outcome else None
+        hint = error.retry_after if isinstance(error, RetryableError) else None
+        return min(hint, self._max_retry_after) if hint is not None else self._backoff(state)
+
+    async def _send(self, call: Call, count: int, missing_ok: bool) -> Any:
+        async with self._semaphore:
+            await self._limiter.wait(count)
+            self.requests += 1
+            response = await self._client.request(call.method, call.url, json=call.json, content=call.content,
+                                                  headers=call.headers)
+        status = response.status_code
+        if status in RETRY_STATUSES:
+            hint = parse_retry_after(response.headers.get("retry-after"))
+            if hint is None and status == 503:
+                hint = _estimated_time(response)
+            raise RetryableError(f"{call.url} answered {status} {response.reason_phrase}: {self._excerpt(response)}",
+                                 status, hint)
+        if status == 404 and missing_ok:
+            return None
+        if not 200 <= status < 300:
+            hint = STATUS_HINTS.get(status, "")
+            if 300 <= status < 400:
+                hint = f"redirects are not followed: use the final URL ({response.headers.get('location', '?')})"
+            raise BackendError(f"{call.url} answered {status} {response.reason_phrase}: {self._excerpt(response)}"
+                               + (f"; {hint}" if hint else ""))
+        try:
+            payload = json.loads(response.content)
+        except ValueError as error:
+            raise BackendError(f"{call.url} answered {status} with malformed JSON ({len(response.content)} bytes, "
+                               f"{error}): {self._excerpt(response)}") from error
+        self.images_answered += count
+        return payload
+
+    def _excerpt(self, response: httpx.Response) -> str:
+        """The start of a body, on one line, with the token masked (a server may echo it)."""
+        text = " ".join(response.content[:65536].decode("utf-8", errors="replace").split())
+        if self._token:
+            text = text.replace(self._token, "[token]")
+        text = text[:EXCERPT_CHARS] + ("..." if len(text) > EXCERPT_CHARS else "")
+        return repr(text) if text else "(empty body)"
+
+    @property
+    def spent(self) -> float:
+        """Cost of the images answered so far: images x cost_per_image."""
+        return self.images_answered * self.cost_per_image
+
+    def stats(self) -> dict[str, float]:
+        """Requests sent (retries and metadata included), retries, images answered and their cost."""
+        return {"requests": self.requests, "retries": self.retries, "images": self.images_answered,
+                "cost": self.spent}
+
+    def close(self) -> None:
+        """Close the connections and stop the event loop thread. Safe to call twice."""
+        if self._loop.loop.is_closed():
+            return
+        self._loop.run(self._client.aclose())
+        self._loop.close()
+
+    def __repr__(self) -> str:
+        return f"HTTPBackend({self.url!r}, format={self.format!r})"
+

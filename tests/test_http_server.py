@@ -1,0 +1,273 @@
+"""The reference server on a real uvicorn, on a free loopback port: formats, limits, faults, a whole run."""
+
+import base64
+import io
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import fields
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+
+from backends import CountingBackend
+from backends.base import BackendError
+from backends.http import HTTPBackend
+from backends.http.codecs import png_base64
+from backends.http.server import Faults, Limits, bind, create_app
+from backends.toy import ToyBackend
+from blackbox_vp import RunConfig, optimize
+
+TOY = ToyBackend()
+
+
+@contextmanager
+def running(app) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free 127.0.0.1 port in a thread; yields its URL."""
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(500):
+            if server.started:
+                break
+            time.sleep(0.01)
+        assert server.started, "uvicorn did not start within 5 s"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    with running(create_app(TOY, "toy", Limits(max_body_bytes=2**21, max_batch=64))) as address:
+        yield address
+
+
+@pytest.fixture
+def images(rng) -> np.ndarray:
+    return rng.integers(0, 256, (70, 64, 64, 3), dtype=np.uint8)
+
+
+def stats(url: str) -> dict:
+    return httpx.get(f"{url}/stats").json()
+
+
+def png(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` RGB pixels (with almost no data: a bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+            + chunk(b"IEND", b""))
+
+
+def test_health_metadata_and_the_model_list(url):
+    assert httpx.get(f"{url}/health/live").json() == {"live": True}
+    assert httpx.get(f"{url}/v2/health/ready").json() == {"ready": True}
+    meta = httpx.get(f"{url}/bbvp/v1/model").json()
+    assert meta == {"name": "toy", "labels": TOY.labels, "image_size": [64, 64], "max_batch": 64}
+    assert httpx.get(f"{url}/v2/models").json() == {"models": ["toy"]}
+    oip = httpx.get(f"{url}/v2/models/toy").json()
+    assert oip["outputs"][0]["shape"] == [-1, 20] and oip["parameters"]["labels"] == TOY.labels
+    assert httpx.get(f"{url}/v2/models/toy/ready").json()["ready"]
+    missing = httpx.get(f"{url}/v2/models/resnet")
+    assert missing.status_code == 404 and "'resnet' not found; this server serves 'toy'" in missing.json()["error"]
+
+
+@pytest.mark.parametrize("format, path, options, exact", [
+    ("bbvp", "", {}, True),
+    ("oip-v2", "", {}, False),  # FP32 on the wire
+    ("hf-image-classification", "/hf/models/toy", {"labels": TOY.labels, "image_size": (64, 64)}, False),
+])
+def test_each_format_gives_the_local_models_scores_and_is_counted(url, images, format, path, options, exact):
+    before = stats(url)
+    model = HTTPBackend(url + path, format, **options)
+    try:
+        scores = model.query(images)
+    finally:
+        model.close()
+    expected = TOY.query(images)
+    if exact:
+        np.testing.assert_array_equal(scores, expected)
+    else:
+        np.testing.assert_allclose(scores, expected, rtol=1e-6, atol=1e-9)
+    after = stats(url)
+    assert after["images"] - before["images"] == 70
+    assert after["requests"] - before["requests"] == (70 if format.startswith("hf") else 2)  # max_batch 64
+
+
+def test_zero_shot_scores_are_renormalized_over_the_candidates(url, images):
+    candidates = TOY.labels[3:7]
+    model = HTTPBackend(f"{url}/hf/models/toy", "hf-zero-shot", labels=candidates, image_size=(64, 64))
+    try:
+        scores = model.query(images[:4])
+    finally:
+        model.close()
+    expected = TOY.query(images[:4])[:, 3:7]
+    np.testing.assert_allclose(scores, expected / expected.sum(axis=1, keepdims=True), rtol=1e-9)
+
+
+def test_oip_uint8_tensors_and_raw_hf_bytes_are_accepted(url, images):
+    tensor = {"name": "image", "datatype": "UINT8", "shape": [2, 64, 64, 3], "data": images[:2].ravel().tolist()}
+    answer = httpx.post(f"{url}/v2/models/toy/infer", json={"id": "r1", "inputs": [tensor]}).json()
+    assert answer["id"] == "r1" and answer["outputs"][0]["shape"] == [2, 20]
+    np.testing.assert_allclose(np.reshape(answer["outputs"][0]["data"], (2, 20)), TOY.query(images[:2]), rtol=1e-6)
+    buffer = io.BytesIO()
+    Image.fromarray(images[0]).save(buffer, format="PNG")
+    top = httpx.post(f"{url}/hf/models/toy", content=buffer.getvalue(), headers={"Content-Type": "image/png"}).json()
+    assert len(top) == 5 and top[0]["label"] == TOY.labels[int(TOY.query(images[:1])[0].argmax())]
+
+
+@pytest.mark.parametrize("path, body, status, match", [
+    ("/bbvp/v1/predict", {"images": ["x" * 2**21]}, 413, "request body of .* bytes is over this server's limit"),
+    ("/bbvp/v1/predict", {"images": [png_base64(np.zeros((64, 64, 3), np.uint8))] * 65}, 413, "65 images"),
+    ("/bbvp/v1/predict", {"images": [base64.b64encode(png(5000, 5000)).decode()]}, 413, "over this server's limit"),
+    ("/bbvp/v1/predict", {"images": [base64.b64encode(png(100000, 100000)).decode()]}, 413, "decompression bomb"),
+    ("/bbvp/v1/predict", {"images": [png_base64(np.zeros((32, 32, 3), np.uint8))]}, 400, "model takes 64x64"),
+    ("/bbvp/v1/predict", {"images": ["not base64!"]}, 400, r"images\[0\] is not valid base64"),
+    ("/bbvp/v1/predict", {"images": [base64.b64encode(b"GIF89a...").decode()]}, 400, "not a readable"),
+    ("/bbvp/v1/predict", {"images": []}, 400, "no images"),
+    ("/bbvp/v1/predict", {"pictures": []}, 400, "expected"),
+    ("/v2/models/toy/infer", {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1], "data": [0]}]}, 400,
+     "datatype 'FP32' not supported"),
+    ("/v2/models/toy/infer", {"inputs": [{"name": "i", "datatype": "UINT8", "shape": [1, 64, 64, 3], "data": [300]}]},
+     400, "integers in 0..255"),
+    ("/hf/models/toy", {"inputs": png_base64(np.zeros((64, 64, 3), np.uint8)), "parameters": {"top_k": 0}}, 400,
+     "top_k"),
+    ("/hf/models/toy", {"inputs": png_base64(np.zeros((64, 64, 3), np.uint8)),
+                        "parameters": {"candidate_labels": ["cat"]}}, 400, "candidate_labels"),
+])
+def test_limits_and_bad_requests_get_clear_errors(url, path, body, status, match):
+    before = stats(url)
+    response = httpx.post(url + path, json=body)
+    assert response.status_code == status
+    assert re.search(match, response.json()["error"])
+    after = stats(url)
+    assert after["refused"] == before["refused"] + 1 and after["images"] == before["images"]
+
+
+def test_malformed_json_is_refused(url):
+    response = httpx.post(f"{url}/bbvp/v1/predict", content=b"{", headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and "not valid JSON" in response.json()["error"]
+
+
+def test_injected_faults_rate_limit_latency_and_truncation(images):
+    faults = Faults(rate_limit_every=2, retry_after=7, latency=0.05)
+    with running(create_app(TOY, "toy", faults=faults)) as address:
+        body = {"images": [png_base64(images[0])]}
+        first = httpx.post(f"{address}/bbvp/v1/predict", json=body)
+        second = httpx.post(f"{address}/bbvp/v1/predict", json=body)
+        assert first.status_code == 200 and first.elapsed.total_seconds() >= 0.05
+        assert second.status_code == 429 and second.headers["Retry-After"] == "7"
+        assert stats(address)["faults"] == {"429": 1} and stats(address)["images"] == 1
+    with running(create_app(TOY, "toy", faults=Faults(failure_rate=1.0, failure_codes=(500,)))) as address:
+        model = HTTPBackend(address, "bbvp", max_attempts=2, backoff=0.0)
+        try:
+            with pytest.raises(BackendError, match=r"answered 500 .*injected fault 500.*gave up after 2 attempts"):
+                model.query(images[:3])
+        finally:
+            model.close()
+    with running(create_app(TOY, "toy", faults=Faults(truncate_rate=1.0))) as address:
+        model = HTTPBackend(address, "oip-v2")
+        try:
+            with pytest.raises(BackendError, match="answered 200 with malformed JSON"):
+                model.query(images[:3])
+            assert model.requests == 3  # model list, metadata, one inference: not retried
+        finally:
+            model.close()
+        assert stats(address)["faults"] == {"truncated": 1} and stats(address)["images"] == 0
+
+
+def test_bad_fault_and_limit_settings_are_refused():
+    with pytest.raises(ValueError, match="failure_rate must be between 0 and 1"):
+        Faults(failure_rate=1.5)
+    with pytest.raises(ValueError, match="failure_codes"):
+        Faults(failure_codes=(200,))
+    with pytest.raises(ValueError, match="positive"):
+        Limits(max_batch=0)
+    with pytest.raises(ValueError, match="model name"):
+        create_app(TOY, "a/b")
+
+
+def run_config(**overrides) -> RunConfig:
+    settings = dict(backend="toy", data="digits", budget=1500, batch_size=8, grid=4, val=60, test=120, train=400,
+                    quiet=True)
+    return RunConfig(**(settings | overrides))
+
+
+def test_a_run_over_oip_v2_with_faults_matches_the_run_without_and_is_counted_exactly():
+    """30% 503s and a 429 (Retry-After: 1) every 20 requests change nothing but the time taken."""
+    results, served = [], []
+    for faults in (Faults(), Faults(failure_rate=0.3, failure_codes=(503,), rate_limit_every=20, retry_after=1)):
+        with running(create_app(ToyBackend(), "toy", faults=faults)) as address:
+            model = HTTPBackend(address, "oip-v2", max_attempts=12, backoff=0.01, max_backoff=0.1)
+            try:
+                results.append(optimize(run_config(), backend=model))
+            finally:
+                model.close()
+            served.append(stats(address))
+    clean, faulty = results
+    assert faulty.test_accuracy == clean.test_accuracy and faulty.history == clean.history
+    np.testing.assert_array_equal(faulty.theta, clean.theta)
+    for result, counted in zip(results, served):
+        assert counted["images"] == result.queries_used + result.test_queries
+    assert served[0]["faults"] == {} and served[1]["faults"]["503"] > 0 and served[1]["faults"]["429"] > 0
+
+
+def test_a_run_over_the_bbvp_protocol_equals_the_local_run():
+    local = CountingBackend(ToyBackend())
+    expected = optimize(run_config(), backend=local)
+    with running(create_app(ToyBackend(), "toy")) as address:
+        model = HTTPBackend(address, "bbvp")
+        try:
+            result = optimize(run_config(), backend=model)
+        finally:
+            model.close()
+        assert stats(address)["images"] == local.images_sent
+    assert result.history == expected.history and result.test_accuracy == expected.test_accuracy
+
+
+def _cli_has_serve_and_http_options() -> bool:
+    from blackbox_vp.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    return "serve" in commands and "format" in {f.name for f in fields(RunConfig)}
+
+
+@pytest.mark.skipif(not _cli_has_serve_and_http_options(),
+                    reason="enable once `bbvp serve` and the --format run option are wired into the CLI (issue 5)")
+def test_bbvp_serve_subprocess_and_an_optimize_run_against_it(tmp_path):
+    """CI check of issue 5: `bbvp serve` in a subprocess, `bbvp optimize --backend URL --format oip-v2`."""
+    bbvp = [sys.executable, "-m", "blackbox_vp.cli"]
+    serve = bbvp + ["serve", "--backend", "toy", "--port", "0"]
+    environment = os.environ | {"PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(serve, stdout=subprocess.PIPE, text=True, env=environment) as server:
+        try:
+            line = server.stdout.readline()  # "serving 'toy' (...) at http://127.0.0.1:PORT: ..."
+            address = line.split(" at ", 1)[1].split(": ", 1)[0] if " at " in line else line
+            assert address.startswith("http://127.0.0.1:"), line
+            assert httpx.get(f"{address}/health/ready").status_code == 200  # listening before the line was printed
+            out = tmp_path / "run"
+            subprocess.run(bbvp + ["optimize", "--backend", address, "--format", "oip-v2", "--data", "digits",
+                                   "--budget", "1500", "--batch-size", "8", "--grid", "4", "--val", "60", "--test",
+                                   "120", "--train", "400", "--quiet", "--out", str(out)], check=True, timeout=300)
+            result = json.loads((out / "result.json").read_text())
+            assert stats(address)["images"] == result["queries_used"] + result["test_queries"]
+        finally:
+            server.terminate()
