@@ -35,8 +35,13 @@ def _toy(device: str = "cpu") -> Backend:
     return ToyBackend()
 
 
-def make_backend(name: str, device: str = "cpu") -> Backend:
-    """Build the backend registered as ``name``; ``hf:<dir>`` loads a local transformers classifier."""
+def make_backend(name: str, device: str = "cpu", **http_options) -> Backend:
+    """Build the backend registered as ``name``; ``hf:<dir>`` loads a local transformers classifier; a URL
+    gives an HTTP backend (``http_options``: the run options named in ``backends.http.HTTP_OPTIONS``)."""
+    if name.startswith(("http://", "https://")):
+        from backends.http import make_http_backend
+
+        return make_http_backend(name, **http_options)
     if name.startswith("hf:"):
         from backends.hf_local import hf_image_classifier
 

@@ -1,7 +1,8 @@
 """blackbox-vp: adapt an image model you can only query to your task with a learned pixel prompt.
 
-    from blackbox_vp import RunConfig, optimize
-    result = optimize(RunConfig(backend="reference", data="digits", budget=5000))
+    from blackbox_vp import RunConfig, optimize, resume
+    result = optimize(RunConfig(backend="reference", data="digits", budget=5000, out="runs/x"))
+    result = resume("runs/x")  # after a crash or Ctrl-C
 
 Names are imported on first use, so ``import blackbox_vp.registry`` stays light (the backends
 package uses it without pulling in the run loop).
@@ -10,7 +11,8 @@ package uses it without pulling in the run loop).
 from importlib import import_module
 
 __version__ = "0.1.0"
-_EXPORTS = {"RunConfig": "blackbox_vp.config", "RunResult": "blackbox_vp.run", "optimize": "blackbox_vp.run"}
+_EXPORTS = {"RunConfig": "blackbox_vp.config", "RunResult": "blackbox_vp.run", "RunInterrupted": "blackbox_vp.run",
+            "optimize": "blackbox_vp.run", "resume": "blackbox_vp.run"}
 __all__ = list(_EXPORTS)
 
 

@@ -3,49 +3,44 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
-import types
-import typing
 from dataclasses import fields
 from pathlib import Path
 
-from blackbox_vp.config import RunConfig
+from backends.http import HTTP_OPTIONS
+from blackbox_vp.config import RunConfig, field_type, read_config
+from blackbox_vp.experiment import add_experiment_parser, run_experiment_command
 
 DEMO_OUT = "bbvp-demo"
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, unless its help line already explains it."""
+    """Shows each option's default ("none" where it has none), unless its help line already explains it."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        return text if "default:" in text or action.default is None else super()._get_help_string(action)
-
-
-def _field_type(annotation: object) -> type:
-    """int for 'int | None', str for 'str | None', and so on."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {}, {})  # dataclass annotations are strings under `from __future__`
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        return next(a for a in typing.get_args(annotation) if a is not type(None))
-    return annotation
+        if "default:" in text or "%(default)" in text or action.required or not action.option_strings:
+            return text
+        return text + " (default: none)" if action.default is None else super()._get_help_string(action)
 
 
 def add_run_options(parser: argparse.ArgumentParser, defaults: RunConfig) -> None:
-    """One --flag per RunConfig field, with its help line and default."""
+    """One --flag per RunConfig field, with its help line and default (--flag/--no-flag for switches)."""
     for f in fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
-        kind = _field_type(f.type)
+        kind = field_type(f.type)
         if kind is bool:
-            parser.add_argument(flag, action="store_true", default=default, help=f.metadata["help"])
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=f.metadata["help"])
         else:
             parser.add_argument(flag, type=kind, default=default, help=f.metadata["help"],
                                 metavar=f.name.upper())
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(settings: dict | None = None) -> argparse.ArgumentParser:
+    """The whole CLI; ``settings`` (from a --config file or a run's config.toml) are optimize's defaults."""
     parser = argparse.ArgumentParser(
         prog="bbvp", description="Adapt an image model you can only query to your task with a learned pixel prompt.",
         formatter_class=HelpFormatter)
@@ -54,7 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     optimize = sub.add_parser("optimize", help="learn a prompt and output mapping under a query budget",
                               formatter_class=formatter)
-    add_run_options(optimize, RunConfig())
+    optimize.add_argument("--config", type=Path, metavar="FILE",
+                          help="TOML file of settings, e.g. a run's config.toml (`name = value`, names as the "
+                          "options below with '_' for '-'); options given on the command line override it")
+    optimize.add_argument("--resume", type=Path, metavar="DIR",
+                          help="continue the run in DIR (its --out) from its last checkpoint with the settings of "
+                          "DIR/config.toml; only --quiet, --jsonl and --device may be given with it")
+    add_run_options(optimize, dataclasses.replace(RunConfig(), **(settings or {})))
 
     demo = sub.add_parser("demo", help="the main job on the built-in default (reference model, digits), "
                           "a few minutes on a CPU", formatter_class=formatter)
@@ -63,9 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="score a saved prompt.json on a data set's test split",
                               formatter_class=formatter)
     evaluate.add_argument("--prompt", required=True, type=Path, help="prompt.json written by `bbvp optimize`")
-    for name in ("backend", "data", "train", "val", "test", "seed", "device"):
-        f = next(f for f in fields(RunConfig) if f.name == name)
-        evaluate.add_argument("--" + name, type=_field_type(f.type), default=f.default, help=f.metadata["help"])
+    add_fields(evaluate, ("backend", "data", "train", "val", "test", "seed", "device") + HTTP_OPTIONS)
 
     predict = sub.add_parser("predict", help="print a backend's top labels for image files",
                              formatter_class=formatter)
@@ -73,10 +72,44 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--backend", default="reference", help="registered backend name")
     predict.add_argument("--top", type=int, default=5, help="how many labels to print per image")
     predict.add_argument("--device", default="cpu", help="torch device of a local backend")
+    add_fields(predict, HTTP_OPTIONS)
+
+    serve = sub.add_parser("serve", help="serve a local backend over HTTP (bbvp, Open Inference Protocol V2 and "
+                           "Hugging Face shapes)", formatter_class=formatter)
+    serve.add_argument("--backend", default="reference", help="registered backend to serve (`bbvp list backends`)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback exposes "
+                       "the model without authentication")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one (printed at start)")
+    serve.add_argument("--name", default=None, help="model name in the URLs (default: the backend name)")
+    serve.add_argument("--device", default="cpu", help="torch device of a local backend")
+    serve.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body in MiB (413 above)")
+    serve.add_argument("--max-batch", type=int, default=None, help="most images per request (default: the backend's)")
+    serve.add_argument("--max-pixels", type=int, default=4096 * 4096,
+                       help="most pixels per image, read from its header before decoding (decompression bombs)")
+    faults = serve.add_argument_group("fault injection, for tests and demos (inference requests only)")
+    faults.add_argument("--latency", type=float, default=0.0, help="seconds added to every inference request")
+    faults.add_argument("--failure-rate", type=float, default=0.0,
+                        help="share of inference requests answered with a status from --failure-codes")
+    faults.add_argument("--failure-codes", default="503", help="comma-separated statuses, e.g. 503,500")
+    faults.add_argument("--rate-limit-every", type=int, default=0,
+                        help="answer every Nth inference request 429 with Retry-After (0: never)")
+    faults.add_argument("--retry-after", type=int, default=1, help="seconds in the Retry-After of those 429s")
+    faults.add_argument("--truncate-rate", type=float, default=0.0,
+                        help="share of answers whose JSON body is cut in half")
+    faults.add_argument("--fault-seed", type=int, default=0, help="seed of the fault draws")
 
     listing = sub.add_parser("list", help="list what is registered", formatter_class=formatter)
     listing.add_argument("what", choices=sorted(_registries()), help="which registry to list")
+    add_experiment_parser(sub)
     return parser
+
+
+def add_fields(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
+    """--flags for the named RunConfig fields, with their types, defaults and help lines."""
+    for f in fields(RunConfig):
+        if f.name in names:
+            parser.add_argument("--" + f.name.replace("_", "-"), type=field_type(f.type), default=f.default,
+                                help=f.metadata["help"])
 
 
 def demo_config() -> RunConfig:
@@ -86,6 +119,7 @@ def demo_config() -> RunConfig:
 
 def _registries() -> dict:
     from backends import BACKENDS
+    from backends.http import FORMATS
     from blackbox_vp.data import TASKS
     from blackbox_vp.losses import LOSSES
     from blackbox_vp.mappings import MAPPINGS
@@ -93,7 +127,7 @@ def _registries() -> dict:
     from blackbox_vp.parameterizations import PARAMETERIZATIONS
     from blackbox_vp.prompts import PROMPTS
 
-    return {"backends": BACKENDS, "data": TASKS, "losses": LOSSES, "mappings": MAPPINGS,
+    return {"backends": BACKENDS, "formats": FORMATS, "data": TASKS, "losses": LOSSES, "mappings": MAPPINGS,
             "optimizers": OPTIMIZERS, "parameterizations": PARAMETERIZATIONS, "prompts": PROMPTS}
 
 
@@ -101,20 +135,53 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(**{f.name: getattr(args, f.name) for f in fields(RunConfig)})
 
 
-def print_result(result, out: str | None) -> None:
+def with_settings_file(args: argparse.Namespace, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv`` again with the settings of --config FILE or --resume DIR as defaults."""
+    from blackbox_vp.run import CONFIG
+
+    if args.config and args.resume:
+        raise ValueError("--config and --resume do not go together: a resumed run keeps the settings of its "
+                         f"{CONFIG}; drop --config")
+    source = args.config or (args.resume / CONFIG if args.resume else None)
+    if source is None:
+        return args
+    if args.resume and not source.is_file():
+        raise FileNotFoundError(f"--resume {args.resume}: no {CONFIG} there; give the --out directory of a "
+                                "`bbvp optimize` run")
+    return build_parser(read_config(source)).parse_args(argv)
+
+
+def print_result(result, config: RunConfig) -> None:
+    if config.jsonl:
+        from blackbox_vp.journal import json_safe
+
+        print(json.dumps(json_safe({"event": "result", **result.summary()})), flush=True)
+        return
     print(f"test accuracy {result.test_accuracy:.4f} (no prompt: {result.baseline_test_accuracy:.4f}), "
           f"validation {result.val_accuracy:.4f}, images used {result.queries_used} of {result.budget} "
           f"(+{result.test_queries} for the test), {result.seconds:.0f} s")
-    if out:
-        print(f"outputs in {Path(out).resolve()}: result.json, prompt.json, prompt.png")
+    if config.out:
+        print(f"run directory {Path(config.out).resolve()}: result.json, prompt.json, prompt.png, examples.png, "
+              "curve.png, journal.jsonl, config.toml, checkpoint")
 
 
 def run_optimize(args: argparse.Namespace) -> int:
-    from blackbox_vp.run import optimize
+    from blackbox_vp.run import CONFIG, RESUME_CHANGES, optimize, resume
 
     config = config_from_args(args)
-    result = optimize(config)
-    print_result(result, config.out)
+    directory = getattr(args, "resume", None)
+    if directory is None:
+        result = optimize(config)
+    else:
+        saved = RunConfig(**read_config(directory / CONFIG))
+        for name in (f.name for f in fields(RunConfig) if f.name not in RESUME_CHANGES):
+            if getattr(config, name) != getattr(saved, name):
+                raise ValueError(f"--{name.replace('_', '-')} cannot change when resuming: the run in {directory} "
+                                 f"keeps the settings of its {CONFIG}; drop it (only "
+                                 f"{', '.join('--' + n for n in RESUME_CHANGES)} may be given)")
+        result = resume(directory, quiet=config.quiet, jsonl=config.jsonl, device=config.device)
+        config = dataclasses.replace(config, out=str(directory))
+    print_result(result, config)
     return 0
 
 
@@ -129,7 +196,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     config = RunConfig(data=args.data, train=args.train, val=args.val, test=args.test)
     dataset = load_task(args.data, prompt.inner_size, seed=args.seed)
     splits = split(dataset, *default_split_sizes(len(dataset), config), seed=args.seed)
-    backend = make_backend(args.backend, device=args.device)
+    backend = make_backend(args.backend, device=args.device, **{name: getattr(args, name) for name in HTTP_OPTIONS})
     accuracy = evaluate(backend, prompt, theta, mapping, splits.test)
     print(json.dumps({"prompt": str(args.prompt), "test_accuracy": accuracy, "test_images": len(splits.test),
                       "reported_test_accuracy": metadata.get("test_accuracy")}))
@@ -142,7 +209,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from backends import make_backend
 
-    backend = make_backend(args.backend, device=args.device)
+    backend = make_backend(args.backend, device=args.device, **{name: getattr(args, name) for name in HTTP_OPTIONS})
     height, width = backend.image_size
     for path in args.images:
         try:
@@ -157,23 +224,49 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    from backends.http.server import serve_command
+
+    return serve_command(**{key: value for key, value in vars(args).items() if key != "command"})
+
+
 def run_list(args: argparse.Namespace) -> int:
     for name, description in _registries()[args.what].describe():
         print(f"{name:20s} {description}")
     return 0
 
 
+def resume_hint(args: argparse.Namespace) -> str:
+    """How to go on after a run stopped, if it left a checkpoint."""
+    directory = getattr(args, "resume", None) or getattr(args, "out", None)
+    if directory is None or not (Path(directory) / "checkpoint").exists():
+        return ""
+    return f"; its last checkpoint is kept: resume with `bbvp optimize --resume {directory}`"
+
+
 def main(argv: list[str] | None = None) -> int:
+    from backends import BackendError
+    from blackbox_vp.run import RunInterrupted
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     handlers = {"optimize": run_optimize, "demo": run_optimize, "evaluate": run_evaluate,
-                "predict": run_predict, "list": run_list}
+                "predict": run_predict, "serve": run_serve, "list": run_list, "experiment": run_experiment_command}
     try:
+        if args.command == "optimize":
+            args = with_settings_file(args, argv)
         return handlers[args.command](args)
     except (ValueError, FileNotFoundError) as error:
         print(f"bbvp {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except BackendError as error:
+        print(f"bbvp {args.command}: the backend failed: {error}{resume_hint(args)}", file=sys.stderr)
+        return 1
+    except RunInterrupted as stopped:
+        print(f"bbvp {args.command}: {stopped}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print(f"bbvp {args.command}: interrupted", file=sys.stderr)
+        print(f"bbvp {args.command}: interrupted{resume_hint(args)}", file=sys.stderr)
         return 130
 
 

@@ -1,8 +1,18 @@
-"""Every setting of a run, with its default and the help line the CLI shows."""
+"""Every setting of a run, with its default and the help line the CLI shows; TOML files of settings.
+
+A settings file is flat TOML, one ``name = value`` per setting, named as the long options of
+``bbvp optimize`` with ``_`` for ``-`` (``batch_size = 32``). A setting left out takes its default;
+``None`` ("automatic" or "off") is written by leaving the setting out, since every setting that
+may be ``None`` has ``None`` as its default.
+"""
 
 from __future__ import annotations
 
+import tomllib
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 
 def option(default: object, help: str) -> object:
@@ -28,7 +38,8 @@ class RunConfig:
     subspace_dim: int = option(100, "intrinsic dimension d of the 'subspace' parameterization (1 to 768)")
     mapping: str = option("frequency", "output mapping from model labels to your classes (`bbvp list mappings`)")
     loss: str = option("ce", "loss on the mapped probabilities (`bbvp list losses`)")
-    optimizer: str = option("cma", "optimizer (`bbvp list optimizers`)")
+    optimizer: str = option("cma", "optimizer (`bbvp list optimizers`), or 'whitebox' for the gradient reference on "
+                            "a local torch model")
     lr: float = option(0.05, "learning rate of the white-box reference (Adam on the prompt parameters)")
     surrogate: str = option("surrogate", "local white-box backend whose gradient guides optimizers that take a "
                             "prior (guided); 'none' for random directions only")
@@ -43,12 +54,119 @@ class RunConfig:
     test: int | None = option(None, "test images, scored once at the end (default: 33%% of the data)")
     seed: int = option(0, "seed for splits, minibatches and the optimizer")
     device: str = option("cpu", "torch device of a local backend: cpu or cuda")
-    out: str | None = option(None, "output directory for result.json, prompt.png and prompt.json")
+    format: str = option("bbvp", "wire format of a --backend URL (`bbvp list formats`)")
+    labels: str | None = option(None, "labels file for a --backend URL whose server publishes none: one label per "
+                                "line, a JSON list, or TorchServe's index_to_name.json")
+    token_env: str | None = option(None, "environment variable holding the API token of a --backend URL "
+                                   "(never printed or saved)")
+    token_header: str = option("Authorization", "header carrying the token: Authorization gets 'Bearer TOKEN', "
+                               "any other header the raw token")
+    rate_limit: float | None = option(None, "at most this many requests per second to a --backend URL")
+    image_rate_limit: float | None = option(None, "at most this many images per second to a --backend URL")
+    cost_per_image: float = option(0.0, "price of one image answered by a --backend URL; result.json reports the cost")
+    http_max_batch: int | None = option(None, "most images per request to a --backend URL (default: the server's "
+                                        "published limit, else a whole call)")
+    http_concurrency: int = option(4, "requests in flight at once to a --backend URL")
+    http_timeout: float = option(60.0, "seconds to wait for each answer of a --backend URL (connect: at most 10)")
+    http_attempts: int = option(6, "attempts per request to a --backend URL, retries included (connection errors, "
+                                "timeouts, 408, 425, 429, 500, 502, 503, 504)")
+    out: str | None = option(None, "run directory: config.toml, journal.jsonl, checkpoint, result.json, prompt.json, "
+                             "prompt.png, examples.png, curve.png (default: none; nothing is written and the run "
+                             "cannot be resumed)")
     quiet: bool = option(False, "no progress bar")
+    jsonl: bool = option(False, "print one JSON object per step on stdout, and the result as the last one")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def check(self) -> None:
+        """Refuse values out of range before anything runs, naming the option and what it takes."""
+        minimums = {"budget": 1, "batch_size": 1, "grid": 1, "dct_k": 1, "subspace_dim": 1, "width": 1, "patch": 1,
+                    "mapping_images": 1, "validations": 1, "train": 1, "val": 1, "test": 0,
+                    "http_max_batch": 1, "http_concurrency": 1, "http_attempts": 1}
+        for name, low in minimums.items():
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+        if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"--jpeg-quality must be between 1 and 100 (leave it out for no JPEG), got {self.jpeg_quality}")
+        for name in ("rate_limit", "image_rate_limit", "http_timeout"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not self.cost_per_image >= 0:
+            raise ValueError(f"--cost-per-image must be >= 0, got {self.cost_per_image}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be a positive learning rate, got {self.lr}")
+
     @classmethod
     def help_lines(cls) -> dict[str, str]:
         return {f.name: f.metadata["help"] for f in fields(cls)}
+
+
+def field_type(annotation: object) -> type:
+    """int for 'int | None', str for 'str | None', and so on."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {}, {})  # dataclass annotations are strings under `from __future__`
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def setting_types() -> dict[str, type]:
+    """Each setting's value type (``int`` for ``int | None``)."""
+    return {f.name: field_type(f.type) for f in fields(RunConfig)}
+
+
+def read_config(path: str | Path) -> dict[str, object]:
+    """The settings in a TOML file, checked: an unknown name or a value of the wrong type is an error naming both."""
+    path = Path(path)
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ValueError(f"cannot read config file {path}: {error.strerror or error}") from error
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"config file {path} is not valid TOML: {error}") from error
+    types_ = setting_types()
+    values: dict[str, object] = {}
+    for name, value in document.items():
+        if name not in types_:
+            hint = f"; did you mean {name.replace('-', '_')!r}?" if name.replace("-", "_") in types_ else ""
+            raise ValueError(f"config file {path}: unknown setting {name!r}{hint} (settings are the long options of "
+                             "`bbvp optimize --help` with '_' for '-')")
+        expected = types_[name]
+        if expected is float and type(value) is int:
+            value = float(value)
+        if type(value) is not expected:
+            raise ValueError(f"config file {path}: {name} must be {_toml_kind(expected)}, got {value!r}")
+        values[name] = value
+    return values
+
+
+def write_config(path: str | Path, config: RunConfig) -> None:
+    """Write every setting of ``config`` that is not None as flat TOML (:func:`read_config` reads it back)."""
+    lines = ["# Settings of a bbvp run; `bbvp optimize --config THIS_FILE` repeats it (flags override).",
+             "# A setting left out takes its default; settings that are None are left out."]
+    for f in fields(RunConfig):
+        value = getattr(config, f.name)
+        if value is None:
+            if f.default is not None:
+                raise ValueError(f"setting {f.name} is None but its default is {f.default!r}: it cannot be written")
+            continue
+        lines.append(f"{f.name} = {_toml_value(value)}")
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _toml_kind(kind: type) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a quoted string"}[kind]
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)  # TOML reads Python's repr of ints and floats, inf and nan included
+    if isinstance(value, str):
+        escaped = "".join("\\" + ch if ch in '"\\' else f"\\u{ord(ch):04x}" if ord(ch) < 0x20 or ord(ch) == 0x7F
+                          else ch for ch in value)
+        return f'"{escaped}"'
+    raise TypeError(f"cannot write {value!r} to TOML")

@@ -1,39 +1,70 @@
-"""What a run leaves in its output directory: result.json, prompt.json and prompt.png."""
+"""What a run leaves in its directory for people and scripts: result.json, prompt.json and pictures.
+
+``result.json`` is written when the run ends (``"status": "finished"``) and when Ctrl-C stops it
+(``"interrupted"``, without test results). ``prompt.json`` is what ``bbvp evaluate --prompt`` reads.
+"""
 
 from __future__ import annotations
 
 import json
-import math
+import os
+import platform
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from blackbox_vp.data import Splits
+from blackbox_vp.data import Dataset
+from blackbox_vp.journal import json_safe
 from blackbox_vp.mappings import OutputMapping
 from blackbox_vp.prompt_file import save_prompt
 from blackbox_vp.prompts import Prompt
 
-
-def _json_safe(value: object) -> object:
-    """NaN and infinities become null: result.json stays strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
+RESULT, PROMPT, PROMPT_PICTURE, EXAMPLES, CURVE = "result.json", "prompt.json", "prompt.png", "examples.png", "curve.png"
 
 
-def write_run(out: Path, result, prompt: Prompt, mapping: OutputMapping, splits: Splits) -> None:
-    """Write result.json, prompt.json (for ``bbvp evaluate``) and prompt.png into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "result.json").write_text(json.dumps(_json_safe(result.summary()), indent=2) + "\n", encoding="utf-8")
-    save_prompt(out / "prompt.json", prompt, result.theta, mapping,
-                {"val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
-                 "data": result.data, "backend": result.backend, "classes": splits.test.classes})
-    save_prompt_picture(out / "prompt.png", prompt, result.theta, splits.test.images[:4])
+def versions() -> dict[str, str]:
+    """Versions of Python and of the packages a result depends on."""
+    found = {"python": platform.python_version()}
+    for package in ("blackbox-vp", "torch", "numpy", "nevergrad"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def machine(device: str) -> dict[str, object]:
+    """Where the run ran: platform, processor, CPU count and the torch device's name."""
+    import torch
+
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") and torch.cuda.is_available() else "cpu"
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "device": device, "device_name": name}
+
+
+def write_result(out: Path, summary: dict) -> None:
+    """result.json, replaced atomically so a reader never sees half of it."""
+    temporary = out / (RESULT + ".tmp")
+    temporary.write_text(json.dumps(json_safe(summary), indent=2) + "\n", encoding="utf-8")
+    os.replace(temporary, out / RESULT)
+
+
+def write_run(out: Path, summary: dict, prompt: Prompt, theta: np.ndarray, mapping: OutputMapping, test: Dataset,
+              predicted: np.ndarray, losses: list[tuple[int, float]]) -> None:
+    """Everything a finished run writes; ``predicted`` are the classes of the first test images."""
+    from blackbox_vp.plots import plot_curve, plot_examples
+
+    save_prompt(out / PROMPT, prompt, theta, mapping,
+                {"val_accuracy": summary["val_accuracy"], "test_accuracy": summary["test_accuracy"],
+                 "data": summary["data"], "backend": summary["backend"], "classes": test.classes})
+    save_prompt_picture(out / PROMPT_PICTURE, prompt, theta, test.images[:4])
+    shown = test.images[: len(predicted)]
+    plot_examples(out / EXAMPLES, prompt.apply(theta, shown), [test.classes[c] for c in test.labels[: len(shown)]],
+                  [test.classes[c] for c in predicted])
+    plot_curve(out / CURVE, losses, summary["history"], summary["baseline_val_accuracy"])
+    write_result(out, summary)
 
 
 def save_prompt_picture(path: Path, prompt: Prompt, theta: np.ndarray, images: np.ndarray) -> None:

@@ -2,14 +2,36 @@
 
 The loop is built on the optimizers' public ask/tell. Every image sent while learning goes through
 one :class:`CountingBackend` whose hard budget refuses before a call would exceed it; the final
-test evaluation goes through a separate counter and is reported apart (``test_queries``).
+test evaluation is counted apart (``test_queries``).
+
+With a run directory (``out``) the run can be resumed after a crash, SIGKILL included:
+
+- ``config.toml`` holds every setting, automatic sizes resolved;
+- ``journal.jsonl`` gets a line *before* every query (:mod:`blackbox_vp.journal`), so the images
+  sent after the last checkpoint are known;
+- ``checkpoint`` holds the whole :class:`RunState` (:mod:`blackbox_vp.checkpoint`), written before
+  the first query, after every phase and every step, and before a step's validation.
+
+:func:`resume` loads the checkpoint, counts the images that the journal shows were sent after it
+(they may have been paid for), and goes on. It replays the same minibatches and candidates as the
+uninterrupted run, and validates at the same steps; the query that was in flight is sent again. So
+a resumed run ends with the same prompt as the uninterrupted one, except that the images counted
+twice may leave no room for the last step, which then is not taken (the budget is never exceeded).
+
+Ctrl-C stops the run after the current step, with a checkpoint and a partial ``result.json``
+(:class:`RunInterrupted`); a second Ctrl-C stops it at once (the last checkpoint stays valid).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -17,40 +39,80 @@ import torch
 from tqdm import tqdm
 
 from backends import Backend, CountingBackend, make_backend
-from blackbox_vp.config import RunConfig
+from backends.http import HTTP_OPTIONS
+from blackbox_vp.checkpoint import load_checkpoint, save_checkpoint
+from blackbox_vp.config import RunConfig, read_config, write_config
 from blackbox_vp.data import Splits, load_task, split
-from blackbox_vp.losses import LOSSES
+from blackbox_vp.journal import Journal, JournaledBackend, Ledger, read_journal
+from blackbox_vp.losses import LOSSES, Loss
 from blackbox_vp.mappings import MAPPINGS, OutputMapping
-from blackbox_vp.optimizers import make_optimizer
+from blackbox_vp.optimizers import Optimizer, make_optimizer
 from blackbox_vp.parameterizations import PARAMETERIZATIONS
 from blackbox_vp.prompts import PROMPTS, Prompt
-from blackbox_vp.scoring import ScoreBuffer, evaluate, score
+from blackbox_vp.report import machine, versions, write_result, write_run
+from blackbox_vp.scoring import ScoreBuffer, evaluate, predict, score
+from blackbox_vp.whitebox import Whitebox, torch_model_of
+
+CONFIG, JOURNAL, CHECKPOINT = "config.toml", "journal.jsonl", "checkpoint"
+EXAMPLE_IMAGES = 8  # test images shown in examples.png
+RESUME_CHANGES = ("quiet", "jsonl", "device")  # settings a resumed run may change; the others are the run's
 
 
 @dataclass
 class RunResult:
-    """What a run reports; written to ``result.json``."""
+    """What a run reports; written to ``result.json``. Test fields are None in a partial result."""
 
+    status: str  # "finished", or "interrupted" (Ctrl-C; resume it)
     backend: str
     data: str
     optimizer: str
     budget: int
     queries_used: int
-    test_accuracy: float
-    val_accuracy: float
-    baseline_test_accuracy: float
-    baseline_val_accuracy: float
+    test_accuracy: float | None
+    val_accuracy: float | None
+    baseline_test_accuracy: float | None
+    baseline_val_accuracy: float | None
     test_queries: int
     steps: int
     seconds: float
     seed: int
+    images_lost: int  # sent after the last checkpoint before a crash; counted, and sent again on resume
+    resumes: int
+    phases: dict  # {phase: {"images": ..., "seconds": ...}} for mapping, optimization, validation, test
+    seeds: dict
+    versions: dict
+    machine: dict
     config: dict
     history: list[dict] = field(default_factory=list)
     theta: np.ndarray | None = field(default=None, repr=False)
+    backend_stats: dict | None = None  # an HTTP backend's requests, retries, images answered and cost
 
     def summary(self) -> dict:
         """The JSON-serializable part (everything but the prompt parameters)."""
         return {k: v for k, v in self.__dict__.items() if k != "theta"}
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run after a step; ``result`` is the partial result, ``out`` the run directory."""
+
+    def __init__(self, result: RunResult, out: Path | None):
+        hint = (f"resume with `bbvp optimize --resume {out}` or blackbox_vp.resume({str(out)!r})" if out
+                else "there is no run directory (--out), so it cannot be resumed")
+        super().__init__(f"run stopped after step {result.steps}, {result.queries_used} images used; {hint}")
+        self.result = result
+        self.out = out
+
+    def __reduce__(self) -> tuple:
+        return RunInterrupted, (self.result, self.out)  # pickles across processes (experiment workers)
+
+
+# Building a run from its configuration --------------------------------------------------------------
+def prompt_sizes(config: RunConfig, canvas_size: tuple[int, int]) -> tuple[int, int]:
+    """Border width and patch side: as configured, else 30 and 48 pixels at 224 scaled to the canvas."""
+    scale = min(canvas_size) / 224
+    width = config.width if config.width is not None else round(30 * scale)
+    patch = config.patch if config.patch is not None else round(48 * scale)
+    return width, patch
 
 
 def build_prompt(config: RunConfig, canvas_size: tuple[int, int]) -> Prompt:
@@ -58,9 +120,14 @@ def build_prompt(config: RunConfig, canvas_size: tuple[int, int]) -> Prompt:
                                 "subspace": {"dim": config.subspace_dim, "seed": config.seed}}
     parameterization = PARAMETERIZATIONS.get(config.parameterization)(
         canvas_size, **parameterization_options.get(config.parameterization, {}))
-    scale = min(canvas_size) / 224
-    width = config.width if config.width is not None else round(30 * scale)
-    patch = config.patch if config.patch is not None else round(48 * scale)
+    width, patch = prompt_sizes(config, canvas_size)
+    height, wide = canvas_size
+    if config.prompt in ("padding", "full-frame") and not 2 * width < min(canvas_size):
+        raise ValueError(f"--width {width} is too wide for the model's {height}x{wide} input: a border leaves no image; "
+                         f"use --width {(min(canvas_size) - 1) // 2} or less")
+    if config.prompt in ("fixed-patch", "random-patch") and not patch <= min(canvas_size):
+        raise ValueError(f"--patch {patch} is larger than the model's {height}x{wide} input; use --patch "
+                         f"{min(canvas_size)} or less")
     prompt_options = {"padding": {"width": width, "placement": config.placement},
                       "full-frame": {"width": width, "placement": config.placement},
                       "fixed-patch": {"patch": patch},
@@ -76,6 +143,19 @@ def default_split_sizes(total: int, config: RunConfig) -> tuple[int, int, int]:
     return train, val, test
 
 
+def load_splits(config: RunConfig, prompt: Prompt) -> Splits:
+    """The task's train/val/test splits at the prompt's inner size; errors name --data."""
+    try:
+        dataset = load_task(config.data, prompt.inner_size, seed=config.seed)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--data {config.data}: {error}") from error
+    splits = split(dataset, *default_split_sizes(len(dataset), config), seed=config.seed)
+    if len(splits.train) == 0 or len(splits.val) == 0:
+        raise ValueError(f"--data {config.data}: the split left {len(splits.train)} training and {len(splits.val)} "
+                         "validation images; both must be at least 1 (lower --val or --test)")
+    return splits
+
+
 class BudgetPlan:
     """Splits the budget into mapping, validation and optimization images; checks it is enough.
 
@@ -84,8 +164,6 @@ class BudgetPlan:
     """
 
     def __init__(self, config: RunConfig, splits: Splits, step_images: int):
-        if config.budget < 1:
-            raise ValueError(f"--budget must be a positive number of images, got {config.budget}")
         self.step_images = step_images
         self.mapping = min(config.mapping_images or max(len(splits.val), config.budget // 10), len(splits.train))
         self.validation_pass = len(splits.val)
@@ -101,59 +179,12 @@ class BudgetPlan:
         self.validation_every = max(optimization / self.validations, step_images)
 
 
-class Selector:
-    """Validates prompts on the validation split and keeps the best (prompt, mapping) pair.
-
-    A mapping with ``refit`` (iterative, linear) is first refitted on the buffer of recent step
-    scores, so it matches the prompt it is judged with. The test split is never looked at.
-    """
-
-    def __init__(self, counter: CountingBackend, prompt: Prompt, mapping: OutputMapping, splits: Splits,
-                 progress: tqdm, buffer: ScoreBuffer):
-        self.counter, self.prompt, self.mapping, self.val, self.progress = counter, prompt, mapping, splits.val, progress
-        self.buffer = buffer
-        self.num_classes = len(splits.train.classes)
-        self.best_theta: np.ndarray | None = None
-        self.best_mapping: OutputMapping = mapping
-        self.best_val = -1.0
-        self.history: list[dict] = []
-
-    def consider(self, theta: np.ndarray, step: int, loss: float | None) -> float:
-        """Validate ``theta`` (after refitting the mapping if it refits); keep the pair if it is the best."""
-        if self.mapping.refit and len(self.buffer) >= self.buffer.capacity:
-            self.mapping.fit(self.buffer.scores, self.buffer.labels, self.num_classes)
-        val_accuracy = evaluate(self.counter, self.prompt, theta, self.mapping, self.val)
-        self.history.append({"images": self.counter.images_sent, "step": step, "val_accuracy": val_accuracy,
-                             "loss": loss})
-        if val_accuracy > self.best_val:
-            self.best_theta, self.best_val = np.array(theta, copy=True), val_accuracy
-            self.best_mapping = copy.deepcopy(self.mapping)
-        self.progress.set_postfix(best_val=f"{self.best_val:.3f}", **({} if loss is None else {"loss": f"{loss:.3f}"}))
-        self.progress.update(self.counter.images_sent - self.progress.n)
-        return val_accuracy
-
-
-def run_blackbox(config: RunConfig, prompt: Prompt, mapping: OutputMapping, splits: Splits,
-                 learning: CountingBackend, plan: BudgetPlan, selector: Selector, rng: np.random.Generator,
-                 optimizer) -> int:
-    """Ask/tell until the budget keeps room for only a last validation; returns the steps taken."""
-    loss_fn = LOSSES.get(config.loss)
-    next_validation = learning.images_sent + plan.validation_every
-    labels = torch.from_numpy(splits.train.labels)
-    while learning.fits(plan.step_images + plan.validation_pass):  # always room for a last validation
-        batch = rng.choice(len(splits.train), size=min(config.batch_size, len(splits.train)), replace=False)
-        candidates = optimizer.ask()
-        scores = torch.from_numpy(learning.query(prompt.apply(candidates, splits.train.images[batch])))
-        per_image = loss_fn(mapping.probabilities(scores), labels[batch].repeat(len(candidates)))
-        losses = per_image.view(len(candidates), -1).mean(dim=1).numpy()
-        optimizer.tell(candidates, losses)
-        selector.buffer.add(scores, labels[batch].repeat(len(candidates)))
-        selector.progress.update(learning.images_sent - selector.progress.n)
-        if learning.images_sent >= next_validation or not learning.fits(plan.step_images + plan.validation_pass):
-            selector.consider(optimizer.recommend(), optimizer.steps, float(losses.mean()))
-            while next_validation <= learning.images_sent:
-                next_validation += plan.validation_every
-    return optimizer.steps
+def resolve(config: RunConfig, canvas_size: tuple[int, int], splits: Splits, plan: BudgetPlan) -> RunConfig:
+    """``config`` with every automatic size (None) replaced by the one the run uses, for config.toml."""
+    width, patch = prompt_sizes(config, canvas_size)
+    return dataclasses.replace(config, width=width, patch=patch, mapping_images=plan.mapping,
+                               validations=plan.validations, train=len(splits.train), val=len(splits.val),
+                               test=len(splits.test))
 
 
 def surrogate_prior(config: RunConfig, prompt: Prompt, mapping: OutputMapping, splits: Splits, labels: list[str]):
@@ -171,60 +202,409 @@ def surrogate_prior(config: RunConfig, prompt: Prompt, mapping: OutputMapping, s
                           seed=config.seed + 1)
 
 
+# The state a checkpoint saves ---------------------------------------------------------------------
+@dataclass
+class Selection:
+    """The best (prompt, mapping) pair on the validation split so far, and every validation."""
+
+    best_theta: np.ndarray | None = None
+    best_mapping: OutputMapping | None = None
+    best_val: float = -1.0
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class FinalScores:
+    """The test split's scores, taken once at the end."""
+
+    baseline_accuracy: float
+    accuracy: float
+    predicted: np.ndarray  # classes of the first EXAMPLE_IMAGES test images, for examples.png
+
+
+@dataclass
+class StepRecord:
+    """A step taken whose validation (if due), journal line and checkpoint are still to come."""
+
+    loss: float
+    train_accuracy: float
+    seconds: float
+    validate: bool
+
+
+@dataclass
+class RunState:
+    """Everything a run changes as it goes; the checkpoint pickles it whole."""
+
+    config: dict  # the resolved settings it was made with; a resume checks config.toml against them
+    phase: str  # what comes next: "mapping", "baseline" (validation), "optimization", "test" or "done"
+    rng: np.random.Generator  # mapping images and minibatches
+    optimizer: Optimizer | Whitebox  # with its own random state
+    mapping: OutputMapping  # refitting mappings change in place
+    buffer: ScoreBuffer
+    ledger: Ledger  # images and seconds per phase, last journal "send" id
+    prior_rng: np.random.Generator | None = None  # the surrogate prior's minibatches (guided)
+    initial_mapping: OutputMapping | None = None
+    selection: Selection = field(default_factory=Selection)
+    next_validation: float = 0.0
+    steps: int = 0
+    pending: StepRecord | None = None  # set between a step and its journal line
+    seconds: float = 0.0  # wall time until the last checkpoint, over every session
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (images used, step loss), for curve.png
+    images_lost: int = 0
+    resumes: int = 0
+    test: FinalScores | None = None
+
+
+class StopRequest:
+    """Ctrl-C: the first asks the run to stop after the current step, a second stops it at once.
+
+    Installed only in the main thread (where Python delivers signals); the old handler comes back after.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._installed = False
+        self._previous: object = None
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nbbvp: stopping after this step (Ctrl-C again stops at once; the last checkpoint stays valid)",
+              file=sys.stderr, flush=True)
+
+
+# The run --------------------------------------------------------------------------------------------
+class Run:
+    """A run in progress: what is rebuilt from the configuration, and the :class:`RunState` that is saved."""
+
+    def __init__(self, config: RunConfig, model: Backend, prompt: Prompt, splits: Splits, plan: BudgetPlan,
+                 loss_fn: Loss, state: RunState, out: Path | None, journal: Journal, stop: StopRequest):
+        self.config, self.prompt, self.splits, self.plan, self.loss_fn = config, prompt, splits, plan, loss_fn
+        self.state, self.out, self.journal, self.stop = state, out, journal, stop
+        self.journaled = JournaledBackend(model, journal, state.ledger)
+        self.learning = CountingBackend(self.journaled, budget=config.budget)
+        self.learning.images_sent = state.ledger.learning_images
+        self.torch_model = torch_model_of(model) if isinstance(state.optimizer, Whitebox) else None
+        self.reports_retries = callable(getattr(self.journaled.unwrap(), "stats", None))
+        self.seconds_before, self.session_started = state.seconds, time.perf_counter()
+        self.progress = tqdm(total=config.budget, initial=self.learning.images_sent, unit="img",
+                             desc=config.optimizer, disable=config.quiet, dynamic_ncols=True)
+
+    def execute(self) -> RunResult:
+        """Every phase still to do, from the state's phase on; a checkpoint after each."""
+        state = self.state
+        try:
+            if state.phase == "mapping":
+                self.checkpoint()  # before the first query
+                self.fit_mapping()
+            if state.phase == "baseline":
+                self.validate_baseline()
+            if state.phase == "optimization":
+                self.optimize()
+                if self.stop.requested:
+                    return self.interrupt()
+                state.phase = "test"
+                self.checkpoint()
+            if state.phase == "test":
+                self.test()
+        finally:
+            self.progress.close()
+        result = self.result("finished")
+        if self.out is not None:
+            best = state.selection
+            write_run(self.out, result.summary(), self.prompt, best.best_theta, best.best_mapping, self.splits.test,
+                      state.test.predicted, state.losses)
+        self.journal.write("end", time=now(), queries_used=result.queries_used, test_accuracy=result.test_accuracy)
+        return result
+
+    def elapsed(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.session_started
+
+    def checkpoint(self) -> None:
+        self.state.seconds = self.elapsed()
+        if self.out is not None:
+            save_checkpoint(self.out / CHECKPOINT, self.state)
+
+    def show(self, loss: float | None = None) -> None:
+        """Progress bar: images used of the budget, best validation accuracy, loss, retries (HTTP)."""
+        postfix = {"best_val": f"{self.state.selection.best_val:.3f}"} if self.state.selection.history else {}
+        if loss is not None:
+            postfix["loss"] = f"{loss:.3f}"
+        if self.reports_retries:
+            postfix["retries"] = str(self.journaled.retries())
+        self.progress.set_postfix(postfix, refresh=False)
+        self.progress.update(self.learning.images_sent - self.progress.n)
+
+    def fit_mapping(self) -> None:
+        """The output mapping, fitted on training images under the initial prompt."""
+        state, train = self.state, self.splits.train
+        with state.ledger.during("mapping"):
+            chosen = state.rng.choice(len(train), size=self.plan.mapping, replace=False)
+            scores = score(self.learning, self.prompt, self.prompt.initial(), train.images[chosen])
+            state.mapping.fit(scores, torch.from_numpy(train.labels[chosen]), len(train.classes))
+        state.initial_mapping = copy.deepcopy(state.mapping)  # a refitting mapping changes in place during the run
+        state.phase = "baseline"
+        self.show()
+        self.checkpoint()
+
+    def validate_baseline(self) -> None:
+        """The initial prompt's validation accuracy: the prompt to beat."""
+        if not self.learning.fits(self.plan.validation_pass):
+            raise ValueError(f"--budget {self.config.budget}: the images counted twice after a crash leave "
+                             f"{self.learning.remaining} images, too few to validate ({self.plan.validation_pass}); "
+                             "start again with a larger --budget")
+        self.validate(self.prompt.initial(), None)
+        self.state.phase = "optimization"
+        self.state.next_validation = self.learning.images_sent + self.plan.validation_every
+        self.show()
+        self.checkpoint()
+
+    def validate(self, theta: np.ndarray, loss: float | None) -> float:
+        """Validate ``theta`` (after refitting the mapping if it refits); keep the pair if it is the best.
+
+        The test split is never looked at.
+        """
+        state, selection = self.state, self.state.selection
+        with state.ledger.during("validation"):
+            if state.mapping.refit and len(state.buffer) >= state.buffer.capacity:
+                state.mapping.fit(state.buffer.scores, state.buffer.labels, len(self.splits.train.classes))
+            accuracy = evaluate(self.learning, self.prompt, theta, state.mapping, self.splits.val)
+        selection.history.append({"images": self.learning.images_sent, "step": state.steps,
+                                  "val_accuracy": accuracy, "loss": loss})
+        if accuracy > selection.best_val:
+            selection.best_theta, selection.best_val = np.array(theta, copy=True), accuracy
+            selection.best_mapping = copy.deepcopy(state.mapping)
+        return accuracy
+
+    def step(self, batch: np.ndarray) -> tuple[float, float]:
+        """One optimization step on a minibatch: (mean loss, training accuracy) over its candidates."""
+        state, train = self.state, self.splits.train
+        if isinstance(state.optimizer, Whitebox):
+            self.learning.charge(len(batch))  # forwards count like queries
+            self.journaled.announce(len(batch))
+            loss, scores = state.optimizer.step(self.torch_model, self.prompt, state.mapping, self.loss_fn,
+                                                train.images[batch], train.labels[batch])
+            labels = torch.from_numpy(train.labels[batch])
+            probabilities = state.mapping.probabilities(scores.double())
+        else:
+            candidates = state.optimizer.ask()
+            labels = torch.from_numpy(train.labels[batch]).repeat(len(candidates))
+            scores = torch.from_numpy(self.learning.query(self.prompt.apply(candidates, train.images[batch])))
+            probabilities = state.mapping.probabilities(scores)
+            losses = self.loss_fn(probabilities, labels).view(len(candidates), -1).mean(dim=1).numpy()
+            state.optimizer.tell(candidates, losses)
+            loss = float(losses.mean())
+        state.buffer.add(scores, labels)
+        return loss, float((probabilities.argmax(dim=1) == labels).double().mean())
+
+    def optimize(self) -> None:
+        """Steps until the budget keeps room for only a last validation, or Ctrl-C; a checkpoint after each.
+
+        A step that is validated is checkpointed before its validation too, so a crash in the validation
+        costs the validation's images, not the step's as well.
+        """
+        state, learning = self.state, self.learning
+        room = self.plan.step_images + self.plan.validation_pass  # always room for a last validation
+        with state.ledger.during("optimization"):
+            if state.pending is not None:  # the last run stopped in this step's validation
+                self.close_step()
+            while learning.fits(room) and not self.stop.requested:
+                started = time.perf_counter()
+                batch = state.rng.choice(len(self.splits.train), size=min(self.config.batch_size,
+                                                                          len(self.splits.train)), replace=False)
+                loss, train_accuracy = self.step(batch)
+                state.steps += 1
+                state.losses.append((learning.images_sent, loss))
+                validate = learning.images_sent >= state.next_validation or not learning.fits(room)
+                state.pending = StepRecord(loss, train_accuracy, time.perf_counter() - started, validate)
+                if validate:
+                    self.checkpoint()
+                self.close_step()
+
+    def close_step(self) -> None:
+        """Validate the step's prompt if due, journal the step, checkpoint."""
+        state, record, started = self.state, self.state.pending, time.perf_counter()
+        val_accuracy = None
+        if record.validate and not self.learning.fits(self.plan.validation_pass):
+            # Only after a resume: the images counted twice left no room to validate this step's prompt.
+            self.journal.write("validation_skipped", step=state.steps, images=self.learning.images_sent,
+                               needed=self.plan.validation_pass, left=self.learning.remaining)
+        elif record.validate:
+            val_accuracy = self.validate(state.optimizer.recommend(), record.loss)
+            while state.next_validation <= self.learning.images_sent:
+                state.next_validation += self.plan.validation_every
+        self.journal.write("step", step=state.steps, images=self.learning.images_sent, loss=record.loss,
+                           train_accuracy=record.train_accuracy, val_accuracy=val_accuracy,
+                           step_size=state.optimizer.step_size,
+                           seconds=round(record.seconds + time.perf_counter() - started, 4),
+                           elapsed=round(self.elapsed(), 3))
+        state.pending = None
+        self.show(record.loss)
+        self.checkpoint()
+
+    def test(self) -> None:
+        """The test split, once, with the initial and the best prompt; counted apart from the budget."""
+        state, test, best = self.state, self.splits.test, self.state.selection
+        with state.ledger.during("test"):
+            baseline = evaluate(self.journaled, self.prompt, self.prompt.initial(), state.initial_mapping, test)
+            predicted = predict(self.journaled, self.prompt, best.best_theta, best.best_mapping, test)
+        accuracy = float(np.mean(predicted == test.labels)) if len(test) else float("nan")
+        state.test = FinalScores(baseline, accuracy, predicted[:EXAMPLE_IMAGES])
+        state.phase = "done"
+        self.checkpoint()
+
+    def interrupt(self) -> RunResult:
+        """After Ctrl-C: the checkpoint is current; write a partial result.json and raise RunInterrupted."""
+        result = self.result("interrupted")
+        if self.out is not None:
+            write_result(self.out, result.summary())
+        self.journal.write("interrupted", time=now(), step=self.state.steps, images=result.queries_used)
+        raise RunInterrupted(result, self.out)
+
+    def result(self, status: str) -> RunResult:
+        config, state, selection, outcome = self.config, self.state, self.state.selection, self.state.test
+        seeds = {"splits": config.seed, "minibatches": config.seed, "optimizer": config.seed}
+        if state.prior_rng is not None:
+            seeds["surrogate_minibatches"] = config.seed + 1
+        return RunResult(
+            status=status, backend=config.backend, data=config.data, optimizer=config.optimizer, budget=config.budget,
+            queries_used=self.learning.images_sent, test_accuracy=outcome.accuracy if outcome else None,
+            val_accuracy=selection.best_val if selection.history else None,
+            baseline_test_accuracy=outcome.baseline_accuracy if outcome else None,
+            baseline_val_accuracy=selection.history[0]["val_accuracy"] if selection.history else None,
+            test_queries=state.ledger.images["test"], steps=state.steps, seconds=round(self.elapsed(), 3),
+            seed=config.seed, images_lost=state.images_lost, resumes=state.resumes, phases=state.ledger.totals(),
+            seeds=seeds, versions=versions(), machine=machine(config.device), config=config.to_dict(),
+            history=selection.history, theta=selection.best_theta,
+            backend_stats=self.journaled.unwrap().stats() if self.reports_retries else None)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# Entry points ---------------------------------------------------------------------------------------
 def optimize(config: RunConfig, backend: Backend | None = None) -> RunResult:
-    """Run one optimization as configured; ``backend`` overrides ``config.backend`` (for tests)."""
-    started = time.perf_counter()
-    model = backend or make_backend(config.backend, device=config.device)
-    prompt = build_prompt(config, tuple(model.image_size))
-    dataset = load_task(config.data, prompt.inner_size, seed=config.seed)
-    splits = split(dataset, *default_split_sizes(len(dataset), config), seed=config.seed)
-    if len(splits.train) == 0 or len(splits.val) == 0:
-        raise ValueError(f"{config.data}: the split left {len(splits.train)} training and {len(splits.val)} "
-                         "validation images; both must be at least 1")
-    LOSSES.get(config.loss)  # unknown names fail here, before any query
-    whitebox = config.optimizer == "whitebox"
-    optimizer = None if whitebox else make_optimizer(config.optimizer, prompt.initial(), seed=config.seed)
-    step_images = config.batch_size * (1 if whitebox else optimizer.candidates_per_step)
-    plan = BudgetPlan(config, splits, step_images)
-    rng = np.random.default_rng(config.seed)
-    learning = CountingBackend(model, budget=config.budget)
-    progress = tqdm(total=config.budget, unit="img", desc=config.optimizer, disable=config.quiet, dynamic_ncols=True)
+    """Run one optimization as configured; ``backend`` overrides ``config.backend`` (for tests).
 
-    # 1. The output mapping, fitted on training images under the initial prompt.
-    theta0 = prompt.initial()
-    mapping_idx = rng.choice(len(splits.train), size=plan.mapping, replace=False)
-    mapping_scores = score(learning, prompt, theta0, splits.train.images[mapping_idx])
+    Raises :class:`RunInterrupted` (a KeyboardInterrupt) when Ctrl-C stops it.
+    """
+    return _execute(config, backend, resuming=False)
+
+
+def resume(out: str | Path, backend: Backend | None = None, **changes: object) -> RunResult:
+    """Continue the run in directory ``out`` from its last checkpoint, as configured in its config.toml.
+
+    ``changes`` may set quiet, jsonl and device; everything else is the run's own.
+    """
+    out = Path(out)
+    if not (out / CONFIG).is_file():
+        raise FileNotFoundError(f"--resume {out}: no {CONFIG} there; give the --out directory of a `bbvp optimize` run")
+    for name in changes:
+        if name not in RESUME_CHANGES:
+            raise ValueError(f"--{name.replace('_', '-')} cannot change when resuming: the run in {out} keeps the "
+                             f"settings of its {CONFIG}; only {', '.join('--' + n for n in RESUME_CHANGES)} may")
+    config = RunConfig(**{**read_config(out / CONFIG), **changes, "out": str(out)})
+    return _execute(config, backend, resuming=True)
+
+
+def _execute(config: RunConfig, backend: Backend | None, resuming: bool) -> RunResult:
+    """Build everything and check it before the first query; then run (or resume) the phases."""
+    config.check()
+    model = backend or make_backend(config.backend, device=config.device,
+                                    **{name: getattr(config, name) for name in HTTP_OPTIONS})
+    canvas_size = tuple(model.image_size)
+    prompt = build_prompt(config, canvas_size)
+    splits = load_splits(config, prompt)
+    loss_fn = LOSSES.get(config.loss)
     mapping: OutputMapping = MAPPINGS.get(config.mapping)()
-    mapping.fit(mapping_scores, torch.from_numpy(splits.train.labels[mapping_idx]), len(dataset.classes))
-    initial_mapping = copy.deepcopy(mapping)  # a refitting mapping changes in place during the run
-
-    # 2. The initial prompt's validation accuracy: the prompt to beat.
-    selector = Selector(learning, prompt, mapping, splits, progress, ScoreBuffer(plan.mapping))
-    selector.consider(theta0, 0, None)
-
-    # 3. Optimization.
+    whitebox = config.optimizer == "whitebox"
     if whitebox:
-        from blackbox_vp.whitebox import run_whitebox
-
-        steps = run_whitebox(config, prompt, mapping, splits, learning, plan, selector, rng)
+        torch_model = torch_model_of(model)
+        torch_model.model.requires_grad_(False)
+        optimizer: Optimizer | Whitebox = Whitebox(prompt.initial(), config.lr, torch_model.device)
+        step_images = config.batch_size
     else:
-        if hasattr(optimizer, "prior") and config.surrogate != "none":
-            optimizer.prior = surrogate_prior(config, prompt, mapping, splits, list(model.labels)).direction
-        steps = run_blackbox(config, prompt, mapping, splits, learning, plan, selector, rng, optimizer)
-    progress.close()
+        optimizer = make_optimizer(config.optimizer, prompt.initial(), seed=config.seed)
+        step_images = config.batch_size * optimizer.candidates_per_step
+    plan = BudgetPlan(config, splits, step_images)
+    config = resolve(config, canvas_size, splits, plan)
+    prior = (surrogate_prior(config, prompt, mapping, splits, list(model.labels))
+             if hasattr(optimizer, "prior") and config.surrogate != "none" else None)
 
-    # 4. Test, once, through its own counter.
-    testing = CountingBackend(model)
-    baseline_test = evaluate(testing, prompt, theta0, initial_mapping, splits.test)
-    test_accuracy = evaluate(testing, prompt, selector.best_theta, selector.best_mapping, splits.test)
-    result = RunResult(
-        backend=config.backend, data=config.data, optimizer=config.optimizer, budget=config.budget,
-        queries_used=learning.images_sent, test_accuracy=test_accuracy, val_accuracy=selector.best_val,
-        baseline_test_accuracy=baseline_test, baseline_val_accuracy=selector.history[0]["val_accuracy"],
-        test_queries=testing.images_sent, steps=steps, seconds=time.perf_counter() - started,
-        seed=config.seed, config=config.to_dict(), history=selector.history, theta=selector.best_theta)
-    if config.out:
-        from blackbox_vp.report import write_run
+    out = Path(config.out) if config.out else None
+    state = None
+    if out is not None:
+        if resuming and (out / CHECKPOINT).exists():
+            state = load_checkpoint(out / CHECKPOINT)
+            check_same_run(state.config, config, out)
+        elif not resuming and (out / CHECKPOINT).exists():
+            raise ValueError(f"--out {out} already holds a run; continue it with `bbvp optimize --resume {out}`, or "
+                             "choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+    if state is None:
+        state = RunState(config=config.to_dict(), phase="mapping", rng=np.random.default_rng(config.seed),
+                         optimizer=optimizer, mapping=mapping, buffer=ScoreBuffer(plan.mapping), ledger=Ledger(),
+                         prior_rng=prior.rng if prior else None)
+    if prior is not None:
+        prior.mapping, prior.rng = state.mapping, state.prior_rng
+        state.optimizer.prior = prior.direction
+    if whitebox:
+        state.optimizer.to(torch_model.device)
 
-        write_run(Path(config.out), result, prompt, selector.best_mapping, splits)
-    return result
+    lost = count_lost_images(state, out / JOURNAL) if resuming else 0
+    journal = Journal(out / JOURNAL if out else None, echo=sys.stdout if config.jsonl else None, append=resuming)
+    try:
+        if resuming:
+            journal.write("resume", time=now(), phase=state.phase, step=state.steps, images_lost=lost,
+                          images=state.ledger.learning_images)
+        else:
+            if out is not None:
+                write_config(out / CONFIG, config)
+            journal.write("start", time=now(), budget=config.budget, step_images=step_images)
+        with StopRequest() as stop:
+            return Run(config, model, prompt, splits, plan, loss_fn, state, out, journal, stop).execute()
+    finally:
+        journal.close()
+        if backend is None:
+            model.close()  # an HTTP backend's connections and event loop thread
+
+
+def count_lost_images(state: RunState, journal: Path) -> int:
+    """Book the images that the journal shows were sent after the checkpoint (maybe paid for); returns them.
+
+    The validation schedule moves by as many images, so the resumed run validates at the same steps.
+    """
+    lost = 0
+    if journal.exists():
+        learning_before = state.ledger.learning_images
+        lost = state.ledger.book_lost(read_journal(journal))
+        if state.phase == "optimization":
+            state.next_validation += state.ledger.learning_images - learning_before
+    state.images_lost += lost
+    state.resumes += 1
+    state.ledger.restart_clock()
+    return lost
+
+
+def check_same_run(saved: dict, config: RunConfig, out: Path) -> None:
+    """The checkpoint was made with the settings now in config.toml (but for the ones a resume may change)."""
+    current = config.to_dict()
+    changed = [name for name, value in saved.items()
+               if name not in (*RESUME_CHANGES, "out") and current.get(name) != value]
+    if changed:
+        listing = ", ".join(f"{name} = {saved[name]!r} (now {current.get(name)!r})" for name in changed)
+        raise ValueError(f"{out / CONFIG} was changed after the run started: {listing}; put the values back to "
+                         "resume, or start a new run with another --out")

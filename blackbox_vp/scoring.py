@@ -21,12 +21,21 @@ def accuracy(mapping: OutputMapping, scores: torch.Tensor, labels: np.ndarray) -
     return float(np.mean(predicted == labels)) if len(labels) else float("nan")
 
 
+def score_all(backend: Backend, prompt: Prompt, theta: np.ndarray, images: np.ndarray, chunk: int = 256) -> torch.Tensor:
+    """:func:`score` in queries of at most ``chunk`` images, to bound memory."""
+    return torch.cat([score(backend, prompt, theta, images[i : i + chunk]) for i in range(0, len(images), chunk)])
+
+
 def evaluate(backend: Backend, prompt: Prompt, theta: np.ndarray, mapping: OutputMapping, data: Dataset,
              chunk: int = 256) -> float:
-    """Accuracy of ``theta`` on ``data``, sent in chunks to bound memory."""
-    scores = torch.cat([score(backend, prompt, theta, data.images[i : i + chunk])
-                        for i in range(0, len(data), chunk)])
-    return accuracy(mapping, scores, data.labels)
+    """Accuracy of ``theta`` on ``data``."""
+    return accuracy(mapping, score_all(backend, prompt, theta, data.images, chunk), data.labels)
+
+
+def predict(backend: Backend, prompt: Prompt, theta: np.ndarray, mapping: OutputMapping, data: Dataset,
+            chunk: int = 256) -> np.ndarray:
+    """Predicted classes (N,) of ``data`` prompted with ``theta``."""
+    return mapping.probabilities(score_all(backend, prompt, theta, data.images, chunk)).argmax(dim=1).numpy()
 
 
 class ScoreBuffer:

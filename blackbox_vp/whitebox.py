@@ -11,48 +11,75 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from backends.counting import CountingBackend
+from backends.base import Backend, BackendWrapper
 from backends.torch_classifier import TorchClassifierBackend
-from blackbox_vp.config import RunConfig
-from blackbox_vp.data import Splits
-from blackbox_vp.losses import LOSSES
+from blackbox_vp.losses import Loss
 from blackbox_vp.mappings import OutputMapping
 from blackbox_vp.prompts import Prompt
 
 
-def torch_model_of(learning: CountingBackend) -> TorchClassifierBackend:
-    model = learning.unwrap()
+def torch_model_of(backend: Backend) -> TorchClassifierBackend:
+    """The local torch model below any wrappers; an error if there is none to take gradients from."""
+    model = backend.unwrap() if isinstance(backend, BackendWrapper) else backend
     if not isinstance(model, TorchClassifierBackend):
         raise ValueError(f"--optimizer whitebox needs a local torch backend (reference or surrogate) for gradients; "
                          f"{type(model).__name__} gives none")
     return model
 
 
-def run_whitebox(config: RunConfig, prompt: Prompt, mapping: OutputMapping, splits: Splits,
-                 learning: CountingBackend, plan, selector, rng: np.random.Generator) -> int:
-    """Adam steps on minibatches until the budget keeps room for only a last validation; returns steps."""
-    model = torch_model_of(learning)
-    model.model.requires_grad_(False)
-    loss_fn = LOSSES.get(config.loss)
-    theta = torch.tensor(prompt.initial(), dtype=torch.float32, device=model.device, requires_grad=True)
-    adam = torch.optim.Adam([theta], lr=config.lr)
-    next_validation = learning.images_sent + plan.validation_every
-    steps = 0
-    while learning.fits(plan.step_images + plan.validation_pass):
-        batch = rng.choice(len(splits.train), size=min(config.batch_size, len(splits.train)), replace=False)
-        images = torch.tensor(splits.train.images[batch], device=model.device).permute(0, 3, 1, 2).float()
-        labels = torch.tensor(splits.train.labels[batch], device=model.device)
-        probabilities = model.logits(prompt.apply_differentiable(theta, images)).softmax(dim=1).cpu()
-        loss = loss_fn(mapping.probabilities(probabilities.double()), labels.cpu()).mean()
-        selector.buffer.add(probabilities, labels.cpu())
-        adam.zero_grad()
+def _to_cpu(value: object) -> object:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_cpu(v) for v in value]
+    return value
+
+
+class Whitebox:
+    """The prompt parameters and their Adam state; pickles (on the CPU) into the run's checkpoint."""
+
+    def __init__(self, x0: np.ndarray, lr: float, device: str | torch.device = "cpu"):
+        self.lr = lr
+        self.steps = 0
+        self._build(torch.tensor(x0, dtype=torch.float32), None, device)
+
+    def _build(self, theta: torch.Tensor, adam_state: dict | None, device: str | torch.device) -> None:
+        self.theta = theta.detach().to(device).requires_grad_(True)
+        self.adam = torch.optim.Adam([self.theta], lr=self.lr)
+        if adam_state is not None:
+            self.adam.load_state_dict(adam_state)  # moves the moments to theta's device
+
+    def to(self, device: str | torch.device) -> Whitebox:
+        """The same state on ``device`` (the model's)."""
+        if self.theta.device != torch.device(device):
+            self._build(self.theta, self.adam.state_dict(), device)
+        return self
+
+    def recommend(self) -> np.ndarray:
+        return self.theta.detach().cpu().numpy().astype(np.float64)
+
+    @property
+    def step_size(self) -> float:
+        return self.lr
+
+    def step(self, model: TorchClassifierBackend, prompt: Prompt, mapping: OutputMapping, loss_fn: Loss,
+             images: np.ndarray, labels: np.ndarray) -> tuple[float, torch.Tensor]:
+        """One Adam step on a minibatch; the mean loss and the model's probabilities (N, K) on the CPU."""
+        pixels = torch.tensor(images, device=model.device).permute(0, 3, 1, 2).float()
+        probabilities = model.logits(prompt.apply_differentiable(self.theta, pixels)).softmax(dim=1).cpu()
+        loss = loss_fn(mapping.probabilities(probabilities.double()), torch.from_numpy(labels)).mean()
+        self.adam.zero_grad()
         loss.backward()
-        adam.step()
-        learning.charge(len(batch))
-        steps += 1
-        selector.progress.update(learning.images_sent - selector.progress.n)
-        if learning.images_sent >= next_validation or not learning.fits(plan.step_images + plan.validation_pass):
-            selector.consider(theta.detach().cpu().numpy().astype(np.float64), steps, loss.item())
-            while next_validation <= learning.images_sent:
-                next_validation += plan.validation_every
-    return steps
+        self.adam.step()
+        self.steps += 1
+        return loss.item(), probabilities.detach()
+
+    def __getstate__(self) -> dict:
+        return {"lr": self.lr, "steps": self.steps, "theta": self.theta.detach().cpu(),
+                "adam": _to_cpu(self.adam.state_dict())}
+
+    def __setstate__(self, state: dict) -> None:
+        self.lr, self.steps = state["lr"], state["steps"]
+        self._build(state["theta"], state["adam"], "cpu")

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads: 2 threads on 2 loaded cores thrash
+
 import numpy as np
 import pytest
+import torch
 
 from backends.toy import ToyBackend
+
+torch.set_num_threads(1)  # the same in-process and in the subprocesses the resume tests start
 
 
 @pytest.fixture

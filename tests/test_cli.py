@@ -22,6 +22,17 @@ def test_optimize_help_shows_defaults():
     assert "--budget BUDGET" in text and "(default: 20000)" in text
 
 
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_option_has_a_help_line_with_its_default(command):
+    parser = build_parser()._subparsers._group_actions[0].choices[command]
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, f"{command} {action.option_strings[0]} has no help line"
+            text = formatter._get_help_string(action)
+            assert "default:" in text or "%(default)" in text or action.required, (command, action.option_strings)
+
+
 def test_list_optimizers(capsys):
     assert main(["list", "optimizers"]) == 0
     assert "cma" in capsys.readouterr().out
@@ -40,11 +51,30 @@ def test_optimize_then_evaluate_reproduces_the_test_accuracy(tmp_path, capsys):
     assert evaluated["test_accuracy"] == result["test_accuracy"]
 
 
-def test_invalid_input_is_an_error_naming_the_option(capsys):
+def test_invalid_input_is_an_error_naming_the_option(capsys, tmp_path):
     assert main(["optimize", "--backend", "toy", "--optimizer", "nope", "--quiet"]) == 2
     assert "unknown optimizer 'nope'" in capsys.readouterr().err
     assert main(["optimize", "--backend", "toy", "--budget", "100", "--quiet"]) == 2
     assert "--budget 100 is too small" in capsys.readouterr().err
+    assert main(["optimize", "--backend", "toy", "--width", "40", "--quiet"]) == 2
+    assert "--width 40 is too wide for the model's 64x64 input" in capsys.readouterr().err
+    assert main(["optimize", "--backend", "toy", "--batch-size", "0", "--quiet"]) == 2
+    assert "--batch-size must be at least 1, got 0" in capsys.readouterr().err
+    assert main(["optimize", "--backend", "toy", "--data", str(tmp_path / "missing"), "--quiet"]) == 2
+    assert f"--data {tmp_path / 'missing'}: unknown data" in capsys.readouterr().err
+    (tmp_path / "photos" / "cat").mkdir(parents=True)
+    (tmp_path / "photos" / "cat" / "broken.png").write_bytes(b"not a png")
+    assert main(["optimize", "--backend", "toy", "--data", str(tmp_path / "photos"), "--quiet"]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+
+
+def test_jsonl_prints_one_object_per_step_then_the_result(capsys):
+    assert main(["optimize", "--backend", "toy", "--budget", "1200", "--batch-size", "8", "--grid", "4", "--val",
+                 "60", "--test", "60", "--train", "300", "--quiet", "--jsonl"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["event"] for line in lines] == ["step"] * (len(lines) - 1) + ["result"]
+    assert [line["step"] for line in lines[:-1]] == list(range(1, lines[-1]["steps"] + 1))
+    assert {"images", "loss", "train_accuracy", "val_accuracy", "step_size", "seconds"} <= set(lines[0])
 
 
 def test_console_script_runs():

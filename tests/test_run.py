@@ -23,10 +23,20 @@ def test_run_never_exceeds_the_budget_and_counts_exactly(tmp_path):
     assert result.test_queries == 2 * 120  # baseline and learned prompt, once each
     saved = json.loads((tmp_path / "result.json").read_text())
     for key in ("backend", "data", "optimizer", "budget", "queries_used", "test_accuracy", "val_accuracy",
-                "baseline_test_accuracy", "seconds"):
+                "baseline_test_accuracy", "seconds", "seeds", "versions", "machine"):
         assert key in saved
-    assert saved["queries_used"] == result.queries_used and saved["budget"] == 3000
-    assert (tmp_path / "prompt.png").stat().st_size > 0 and (tmp_path / "prompt.json").exists()
+    assert saved["queries_used"] == result.queries_used and saved["budget"] == 3000 and saved["status"] == "finished"
+    phases = saved["phases"]
+    assert phases["mapping"]["images"] + phases["optimization"]["images"] + phases["validation"]["images"] == \
+        result.queries_used and phases["test"]["images"] == result.test_queries
+    assert {"torch", "numpy", "nevergrad", "python", "blackbox-vp"} <= set(saved["versions"])
+    assert {"platform", "processor", "cpu_count", "device_name"} <= set(saved["machine"])
+    for name in ("prompt.png", "examples.png", "curve.png", "prompt.json", "config.toml", "checkpoint"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    journal = [json.loads(line) for line in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    steps = [line for line in journal if line["event"] == "step"]
+    assert [line["step"] for line in steps] == list(range(1, result.steps + 1))
+    assert sum(line["images"] for line in journal if line["event"] == "send") == counter.images_sent
 
 
 def test_budget_is_spent_on_mapping_validation_and_steps_as_planned():

@@ -1,0 +1,496 @@
+"""`bbvp experiment CONFIG.toml`: a grid of ordinary runs described in TOML, resumable, summarized.
+
+A config gives the seeds and budgets, the settings in ``[grid]`` (any RunConfig field; a list is
+an axis, crossed with every other axis) and optional ``[methods.NAME]`` tables, each a named
+bundle of settings::
+
+    name = "digits"
+    seeds = [0, 1, 2]
+    budgets = [5000, 20000]
+
+    [grid]
+    backend = "reference"
+    data = ["digits", "squares"]
+
+    [methods."cma + head"]
+    optimizer = "cma"
+    mapping = "linear"
+
+Every cell (method x axes x budget x seed) is one :func:`blackbox_vp.run.optimize` run in its own
+run directory ``OUT/cells/<name>``. Calling again skips the cells whose ``result.json`` says
+finished, resumes those with a checkpoint (interrupted or crashed) and runs the others. The
+outputs are ``results.csv`` (one row per finished cell), ``summary.md`` (mean and standard
+deviation over seeds) and ``curves.png`` (test accuracy versus images used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import os
+import re
+import statistics
+import sys
+import tomllib
+import typing
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from blackbox_vp.config import RunConfig, setting_types
+
+TOP_LEVEL_KEYS = ("name", "description", "seeds", "budgets", "grid", "methods")
+RESERVED = {
+    "seed": "list the seeds in the top-level `seeds`",
+    "budget": "list the budgets in the top-level `budgets`",
+    "out": "every cell writes to its own directory under --out",
+    "quiet": "cells always run without a progress bar",
+    "device": "pass --device on the command line",
+    "jsonl": "each cell logs its steps to its own journal.jsonl",
+}
+PANEL_KEYS = ("backend", "data")  # axes over these get their own table and plot, never a shared ranking
+BASELINE_KEYS = ("mapping", "prompt", "placement", "width", "patch", "jpeg_quality", "mapping_images", "train",
+                 "val", "test")  # what the no-prompt baseline depends on, besides panel, budget and seed
+NOT_COMPARED_ON_RESUME = ("out", "quiet", "device")
+CSV_SETTINGS = ("backend", "data", "prompt", "mapping", "optimizer")
+FIELD_TYPES = setting_types()
+
+
+def _slug(value: object) -> str:
+    return re.sub(r"[^a-z0-9.]+", "-", str(value).lower()).strip("-")
+
+
+def _unique(values: typing.Iterable) -> list:
+    return list(dict.fromkeys(values))
+
+
+def _setting(path: Path, where: str, key: str, value: object) -> object:
+    """One setting checked against RunConfig: a known field, not reserved, of the field's type."""
+    if key in RESERVED:
+        raise ValueError(f"{path}: {where}: {key!r} cannot be set here; {RESERVED[key]}")
+    if key not in FIELD_TYPES:
+        raise ValueError(f"{path}: {where}: unknown setting {key!r}; settings are RunConfig fields: "
+                         f"{', '.join(k for k in FIELD_TYPES if k not in RESERVED)}")
+    kind = FIELD_TYPES[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"{path}: {where}: {key} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _int_list(path: Path, key: str, value: object) -> list[int]:
+    if (not isinstance(value, list) or not value or len(set(value)) != len(value)
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        raise ValueError(f"{path}: {key} must be a non-empty list of distinct integers, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid."""
+
+    name: str  # its directory under OUT/cells
+    method: str  # its row label in the summary: the method name and the non-panel axes
+    kind: str  # "black-box" or "white-box"
+    panel: str  # "data=squares" when backend or data is an axis, else ""
+    budget: int
+    seed: int
+    config: RunConfig
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.config.out)
+
+
+@dataclass
+class Experiment:
+    """A parsed experiment config."""
+
+    path: Path
+    name: str
+    description: str
+    seeds: list[int]
+    budgets: list[int]
+    fixed: dict[str, object]  # scalar settings of [grid]
+    axes: dict[str, list]  # list settings of [grid]
+    methods: dict[str, dict[str, object]]  # method name -> settings; {"": {}} when the config has none
+
+    def cells(self, out: Path, device: str = "cpu") -> list[Cell]:
+        """Every cell, by budget, then method, then axes, then seed."""
+        cells = []
+        for budget, (method, overrides), values, seed in itertools.product(
+                self.budgets, self.methods.items(), itertools.product(*self.axes.values()), self.seeds):
+            axes = dict(zip(self.axes, values))
+            named = [method] if method else []
+            name = "_".join([_slug(method) for method in named] + [f"{k}-{_slug(v)}" for k, v in axes.items()]
+                            + [f"b{budget}", f"s{seed}"])
+            config = RunConfig(**{**self.fixed, **axes, **overrides}, budget=budget, seed=seed, device=device,
+                               quiet=True, out=str(out / "cells" / name))
+            label = ", ".join(named + [f"{k}={v}" for k, v in axes.items() if k not in PANEL_KEYS])
+            cells.append(Cell(name=name, method=label or config.optimizer, budget=budget, seed=seed, config=config,
+                              kind="white-box" if config.optimizer == "whitebox" else "black-box",
+                              panel=", ".join(f"{k}={v}" for k, v in axes.items() if k in PANEL_KEYS)))
+        names = [cell.name for cell in cells]
+        if len(set(names)) != len(names):
+            clash = next(n for n in names if names.count(n) > 1)
+            raise ValueError(f"{self.path}: two cells share the directory name {clash!r}; give the methods or axis "
+                             "values names that differ in letters or digits")
+        return cells
+
+
+def load_experiment(path: Path) -> Experiment:
+    """Parse and check an experiment TOML file; errors name the file and the offending key."""
+    path = Path(path)
+    with path.open("rb") as handle:
+        try:
+            raw = tomllib.load(handle)
+        except tomllib.TOMLDecodeError as error:
+            raise ValueError(f"{path}: not valid TOML: {error}") from error
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            raise ValueError(f"{path}: unknown top-level key {key!r}; expected: {', '.join(TOP_LEVEL_KEYS)} "
+                             "(run settings go in [grid] or [methods.NAME])")
+    for key in ("name", "description"):
+        if not isinstance(raw.get(key, ""), str):
+            raise ValueError(f"{path}: {key} must be a string, got {raw[key]!r}")
+    for key in ("seeds", "budgets"):
+        if key not in raw:
+            raise ValueError(f"{path}: missing {key} (a list of integers)")
+    for key in ("grid", "methods"):
+        if not isinstance(raw.get(key, {}), dict):
+            raise ValueError(f"{path}: {key} must be a table ([{key}]), got {raw[key]!r}")
+    fixed, axes = {}, {}
+    for key, value in raw.get("grid", {}).items():
+        if isinstance(value, list):
+            if not value or len(set(map(repr, value))) != len(value):
+                raise ValueError(f"{path}: [grid]: {key} must be a non-empty list of distinct values")
+            axes[key] = [_setting(path, "[grid]", key, v) for v in value]
+        else:
+            fixed[key] = _setting(path, "[grid]", key, value)
+    methods = {}
+    for method, settings in raw.get("methods", {}).items():
+        where = f"[methods.{json.dumps(method)}]"
+        if not isinstance(settings, dict):
+            raise ValueError(f"{path}: {where} must be a table of settings")
+        if not _slug(method):
+            raise ValueError(f"{path}: {where}: a method name needs a letter or digit")
+        for key in settings:
+            if key in axes:
+                raise ValueError(f"{path}: {where} sets {key!r}, which [grid] lists as an axis; remove one of the two")
+        methods[method] = {key: _setting(path, where, key, value) for key, value in settings.items()}
+    budgets = _int_list(path, "budgets", raw["budgets"])
+    if min(budgets) < 1:
+        raise ValueError(f"{path}: budgets must be positive numbers of images, got {budgets}")
+    return Experiment(path=path, name=raw.get("name", path.stem), description=raw.get("description", ""),
+                      seeds=_int_list(path, "seeds", raw["seeds"]), budgets=budgets, fixed=fixed, axes=axes,
+                      methods=methods or {"": {}})
+
+
+def default_out(config_path: Path) -> Path:
+    """experiments/configs/X.toml -> experiments/results/X; elsewhere DIR/X.toml -> DIR/results/X."""
+    folder = Path(config_path).parent
+    return (folder.parent if folder.name == "configs" else folder) / "results" / Path(config_path).stem
+
+
+def _settings_of(cell: Cell) -> dict | None:
+    """The settings a cell's directory was run with (its config.toml, automatic sizes resolved), if any."""
+    path = cell.dir / "config.toml"
+    return tomllib.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def is_finished(cell: Cell) -> bool:
+    path = cell.dir / "result.json"
+    return path.exists() and json.loads(path.read_text(encoding="utf-8")).get("status") == "finished"
+
+
+def check_cells_match(cells: list[Cell]) -> None:
+    """Refuse to reuse a cell directory that was run with other settings than the config gives now."""
+    for cell in cells:
+        stored = _settings_of(cell)
+        if stored is None:
+            continue
+        for key, value in cell.config.to_dict().items():
+            if key not in NOT_COMPARED_ON_RESUME and value is not None and stored.get(key) != value:
+                raise ValueError(f"{cell.dir} was run with {key}={stored.get(key)!r}, but the config now gives "
+                                 f"{key}={value!r}; delete that directory to rerun the cell, or use another --out")
+
+
+def run_cell(config: RunConfig, threads: int) -> dict:
+    """Run one cell (in this process or a worker), or resume it from its checkpoint."""
+    import torch
+
+    from blackbox_vp.run import CHECKPOINT, optimize, resume
+
+    torch.set_num_threads(threads)
+    out = Path(config.out)
+    if (out / CHECKPOINT).exists():
+        result = resume(out, quiet=True, device=config.device)
+    else:
+        result = optimize(config)
+    return {"test_accuracy": result.test_accuracy, "val_accuracy": result.val_accuracy,
+            "queries_used": result.queries_used, "seconds": result.seconds}
+
+
+@dataclass
+class Outcome:
+    """What one call of :func:`run_experiment` did, by cell name."""
+
+    ran: list[str]
+    skipped: list[str]
+    failed: dict[str, str]  # cell name -> error
+
+
+def run_experiment(experiment: Experiment, out: Path, jobs: int = 1, device: str = "cpu") -> Outcome:
+    """Run the unfinished cells (``jobs`` at a time), then write results.csv, summary.md and curves.png."""
+    import torch
+
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
+    out = Path(out)
+    cells = experiment.cells(out, device)
+    check_cells_match(cells)
+    todo = [cell for cell in cells if not is_finished(cell)]
+    outcome = Outcome(ran=[], skipped=[cell.name for cell in cells if cell not in todo], failed={})
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "experiment.toml").write_text(experiment.path.read_text(encoding="utf-8"), encoding="utf-8")
+    print(f"{experiment.name}: {len(cells)} cells, {len(outcome.skipped)} finished, {len(todo)} to run "
+          f"({jobs} at a time, {threads} torch threads each) in {out}", flush=True)
+
+    def report(cell: Cell, run: dict) -> None:
+        outcome.ran.append(cell.name)
+        print(f"[{len(outcome.ran) + len(outcome.failed)}/{len(todo)}] {cell.name}: test {run['test_accuracy']:.3f}, "
+              f"validation {run['val_accuracy']:.3f}, {run['queries_used']} images, {run['seconds']:.0f} s", flush=True)
+
+    def fail(cell: Cell, error: Exception) -> None:
+        outcome.failed[cell.name] = f"{type(error).__name__}: {error}"
+        print(f"[{len(outcome.ran) + len(outcome.failed)}/{len(todo)}] {cell.name}: failed: "
+              f"{outcome.failed[cell.name]}", file=sys.stderr, flush=True)
+
+    if jobs == 1:
+        for cell in todo:
+            try:
+                report(cell, run_cell(cell.config, threads))
+            except Exception as error:  # one failed cell must not stop the others
+                fail(cell, error)
+    elif todo:
+        import multiprocessing
+
+        pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn"))
+        try:
+            futures = {pool.submit(run_cell, cell.config, threads): cell for cell in todo}
+            for future in as_completed(futures):
+                try:
+                    report(futures[future], future.result())
+                except Exception as error:
+                    fail(futures[future], error)
+        finally:  # after Ctrl-C, cells not yet started stay unstarted
+            pool.shutdown(wait=True, cancel_futures=True)
+    write_outputs(experiment, cells, out, jobs, device)
+    return outcome
+
+
+@dataclass
+class CellResult:
+    """A finished cell and its result.json."""
+
+    cell: Cell
+    result: dict
+
+
+def collect(cells: list[Cell]) -> list[CellResult]:
+    """The finished cells, in grid order."""
+    return [CellResult(cell, json.loads((cell.dir / "result.json").read_text(encoding="utf-8")))
+            for cell in cells if is_finished(cell)]
+
+
+def _joined(values: dict) -> str:
+    return "; ".join(f"{key} {value}" for key, value in values.items())
+
+
+def csv_rows(experiment: Experiment, results: list[CellResult]) -> list[dict]:
+    """One row per finished cell: its settings, images used, accuracies, seconds, machine and versions."""
+    extra_axes = [axis for axis in experiment.axes if axis not in CSV_SETTINGS]
+    return [{"cell": r.cell.name, "method": r.cell.method, "kind": r.cell.kind, "budget": r.cell.budget,
+             "seed": r.cell.seed, **{k: getattr(r.cell.config, k) for k in (*CSV_SETTINGS, *extra_axes)},
+             "images_used": r.result["queries_used"], "test_images": r.result["test_queries"],
+             "test_accuracy": r.result["test_accuracy"], "val_accuracy": r.result["val_accuracy"],
+             "baseline_test_accuracy": r.result["baseline_test_accuracy"],
+             "baseline_val_accuracy": r.result["baseline_val_accuracy"], "steps": r.result["steps"],
+             "seconds": r.result["seconds"], "machine": _joined(r.result["machine"]),
+             "versions": _joined(r.result["versions"])} for r in results]
+
+
+@dataclass
+class SummaryRow:
+    """One row of summary.md: a method (or a no-prompt baseline) at one budget, over seeds."""
+
+    panel: str
+    budget: int
+    label: str
+    kind: str  # "black-box", "white-box" or "no prompt"
+    seeds: int
+    test_mean: float
+    test_sd: float | None  # sample standard deviation; None for a single seed
+    val_mean: float
+    val_sd: float | None
+    images: float | None  # mean images used; None for the baselines
+    seconds: float | None
+    best: bool = False  # highest mean test accuracy among the black-box rows of its panel and budget
+
+
+def _summary_row(panel: str, budget: int, label: str, kind: str, test: list[float], val: list[float],
+                 images: float | None = None, seconds: float | None = None) -> SummaryRow:
+    return SummaryRow(panel=panel, budget=budget, label=label, kind=kind, seeds=len(test),
+                      test_mean=statistics.mean(test), test_sd=statistics.stdev(test) if len(test) > 1 else None,
+                      val_mean=statistics.mean(val), val_sd=statistics.stdev(val) if len(val) > 1 else None,
+                      images=images, seconds=seconds)
+
+
+def _baseline_rows(panel: str, budget: int, results: list[CellResult]) -> list[SummaryRow]:
+    """'no prompt (<mapping>)': one value per seed, the mean over the cells that share those settings."""
+    groups: dict[tuple, dict[int, list[CellResult]]] = {}
+    for r in results:
+        key = tuple(getattr(r.cell.config, k) for k in BASELINE_KEYS)
+        groups.setdefault(key, {}).setdefault(r.cell.seed, []).append(r)
+    varying = [i for i in range(1, len(BASELINE_KEYS)) if len({key[i] for key in groups}) > 1]
+    rows = []
+    for key, by_seed in groups.items():
+        label = f"no prompt ({', '.join([key[0]] + [f'{BASELINE_KEYS[i]}={key[i]}' for i in varying])})"
+        test = [statistics.mean(r.result["baseline_test_accuracy"] for r in cells) for cells in by_seed.values()]
+        val = [statistics.mean(r.result["baseline_val_accuracy"] for r in cells) for cells in by_seed.values()]
+        rows.append(_summary_row(panel, budget, label, "no prompt", test, val))
+    return rows
+
+
+def summarize(results: list[CellResult]) -> list[SummaryRow]:
+    """Mean and spread over seeds per panel, budget and method; white-box and no-prompt rows after the methods."""
+    rows = []
+    for panel in _unique(r.cell.panel for r in results):
+        for budget in sorted({r.cell.budget for r in results if r.cell.panel == panel}):
+            here = [r for r in results if r.cell.panel == panel and r.cell.budget == budget]
+            block = []
+            for kind in ("black-box", "white-box"):
+                for label in _unique(r.cell.method for r in here if r.cell.kind == kind):
+                    group = [r for r in here if r.cell.method == label]
+                    block.append(_summary_row(panel, budget, label, kind, [r.result["test_accuracy"] for r in group],
+                                              [r.result["val_accuracy"] for r in group],
+                                              statistics.mean(r.result["queries_used"] for r in group),
+                                              statistics.mean(r.result["seconds"] for r in group)))
+            block += _baseline_rows(panel, budget, here)
+            best = max((row.test_mean for row in block if row.kind == "black-box"), default=None)
+            for row in block:
+                row.best = row.kind == "black-box" and row.test_mean == best
+            rows += block
+    return rows
+
+
+def _mean_sd(mean: float, sd: float | None) -> str:
+    return f"{mean:.3f}" if sd is None else f"{mean:.3f} ± {sd:.3f}"
+
+
+def summary_markdown(experiment: Experiment, cells: list[Cell], results: list[CellResult], rows: list[SummaryRow],
+                     command: str) -> str:
+    """summary.md: how it was run, how to read it, then one table per panel."""
+    lines = [f"# {experiment.name}", ""] + ([experiment.description, ""] if experiment.description else []) + [
+        f"Command: `{command}` (config copied to `experiment.toml`); {len(results)} of {len(cells)} cells finished, "
+        "each a run directory under `cells/` (`result.json`, `prompt.json`, `prompt.png`); one row per cell in "
+        "`results.csv`.  ",
+        f"Machines: {' | '.join(_unique(_joined(r.result['machine']) for r in results))}  ",
+        f"Versions: {' | '.join(_unique(_joined(r.result['versions']) for r in results))}", "",
+        "Accuracies are the mean ± sample standard deviation over seeds (the last column counts them). Each run "
+        "selects its prompt and output mapping on the validation split only and scores the test split once, at "
+        "the end; nothing here is chosen on the test split. **Bold**: the highest mean test accuracy among the "
+        "black-box methods at that budget. White-box rows are the reference with gradients through the local "
+        "model (forward passes count against the same budget). \"no prompt (mapping)\" rows: the grey initial "
+        "prompt with that output mapping, fitted on each run's own paid-for images.", ""]
+    if rows and min(row.seeds for row in rows) < 3:
+        lines += ["Some rows have fewer than 3 seeds: their spread is not a reliable estimate.", ""]
+    for panel in _unique(row.panel for row in rows):
+        if panel:
+            lines += [f"## {panel}", ""]
+        lines += ["| budget | method | kind | test accuracy | validation accuracy | images used | seconds | seeds |",
+                  "|---:|---|---|---:|---:|---:|---:|---:|"]
+        for row in (row for row in rows if row.panel == panel):
+            bold = "**" if row.best else ""
+            lines.append(f"| {row.budget} | {bold}{row.label}{bold} | {row.kind} | "
+                         f"{bold}{_mean_sd(row.test_mean, row.test_sd)}{bold} | "
+                         f"{_mean_sd(row.val_mean, row.val_sd)} | "
+                         f"{'—' if row.images is None else f'{row.images:.0f}'} | "
+                         f"{'—' if row.seconds is None else f'{row.seconds:.0f}'} | {row.seeds} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_curves(rows: list[SummaryRow], path: Path, title: str) -> None:
+    """Test accuracy versus images used (log axis), one line per method, a band of ± one sd over seeds."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    panels = _unique(row.panel for row in rows) or [""]
+    labels = _unique(row.label for row in rows)
+    tab20 = colormaps["tab20"]
+    colors = {label: tab20((2 * i) % 20 + (i // 10) % 2) for i, label in enumerate(labels)}  # dark shades first
+    figure = Figure(figsize=(7 * len(panels), 5), layout="constrained")
+    for ax, panel in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
+        here = [row for row in rows if row.panel == panel]
+        for label in _unique(row.label for row in here):
+            line = sorted((row for row in here if row.label == label), key=lambda row: row.budget)
+            style = {"black-box": "-", "white-box": "--", "no prompt": ":"}[line[0].kind]
+            x = [row.budget if row.images is None else row.images for row in line]
+            mean = [row.test_mean for row in line]
+            sd = [row.test_sd or 0.0 for row in line]
+            ax.plot(x, mean, style, marker="o", color=colors[label], label=label)
+            ax.fill_between(x, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)],
+                            color=colors[label], alpha=0.2, linewidth=0)
+        ax.set_xscale("log")
+        ax.set_xlabel("images used (log scale; no-prompt rows at their budget)")
+        ax.set_ylabel("test accuracy (mean ± sd over seeds)")
+        ax.set_title(f"{title}, {panel}" if panel else title)
+        ax.grid(True, which="both", alpha=0.3)
+        if here:
+            ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
+    figure.savefig(path, dpi=120)
+
+
+def write_outputs(experiment: Experiment, cells: list[Cell], out: Path, jobs: int, device: str) -> None:
+    """results.csv, summary.md and curves.png from the finished cells."""
+    results = collect(cells)
+    rows = csv_rows(experiment, results)
+    with (out / "results.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["cell"])
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = summarize(results)
+    command = f"bbvp experiment {experiment.path} --out {out} --jobs {jobs} --device {device}"
+    (out / "summary.md").write_text(summary_markdown(experiment, cells, results, summary, command), encoding="utf-8")
+    write_curves(summary, out / "curves.png", experiment.name)
+
+
+def add_experiment_parser(subparsers: argparse._SubParsersAction) -> None:
+    """The `bbvp experiment` subcommand."""
+    parser = subparsers.add_parser("experiment", help="run a grid of runs described in a TOML file (resumable); "
+                                   "writes results.csv, summary.md and curves.png", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", type=Path, help="experiment TOML file")
+    parser.add_argument("--out", type=Path, help="output directory (default: experiments/results/<config stem> for "
+                        "a config in experiments/configs, else results/<config stem> beside the config)")
+    parser.add_argument("--jobs", type=int, default=1, help="cells run at once, in separate processes (default: 1)")
+    parser.add_argument("--device", default="cpu", help="torch device of local backends: cpu or cuda (default: cpu)")
+
+
+def run_experiment_command(args: argparse.Namespace) -> int:
+    """`bbvp experiment`: 0 when every cell finished, 1 when some failed (rerun to retry them)."""
+    experiment = load_experiment(args.config)
+    out = args.out or default_out(args.config)
+    outcome = run_experiment(experiment, out, jobs=args.jobs, device=args.device)
+    print(f"outputs in {Path(out).resolve()}: results.csv, summary.md, curves.png")
+    if outcome.failed:
+        print(f"{len(outcome.failed)} cells failed; rerun the same command to retry them", file=sys.stderr)
+        return 1
+    return 0

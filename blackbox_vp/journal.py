@@ -1,0 +1,180 @@
+"""The journal: ``journal.jsonl`` in the run directory, one JSON object per line, only ever appended.
+
+Each line has an ``event``:
+
+- ``start`` and ``resume`` (with the images sent before a crash that the resumed run counts);
+- ``send``, written (and flushed to disk) *before* each query, with its ``id``, ``phase`` and
+  ``images``: after a crash, the ``send`` lines past the checkpoint's last id are the images that
+  may have been paid for and are counted again on resume;
+- ``step``, one per optimization step: ``step``, ``images`` used so far, ``loss`` and
+  ``train_accuracy`` (mean over the step's candidates on its minibatch), ``val_accuracy`` (null
+  unless validated at this step), ``step_size``, ``seconds`` (this step) and ``elapsed`` (the run);
+- ``retry`` (a query that needed retries, with their count) and ``error`` (a query that failed);
+- ``validation_skipped``: after a resume, the images counted twice left no room for a validation;
+- ``interrupted`` and ``end``.
+
+A step written after the last checkpoint is written again when the resumed run takes it again: the
+last line of a step number is the one that counts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from backends.base import Backend, BackendWrapper
+
+PHASES = ("mapping", "optimization", "validation", "test")
+LEARNING_PHASES = ("mapping", "optimization", "validation")  # what the budget covers
+
+
+def json_safe(value: object) -> object:
+    """NaN and infinities become null, numpy scalars plain numbers: the output stays strict JSON."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+class Journal:
+    """Writes lines to ``path`` (None: nowhere), a new file unless ``append``; ``echo`` also gets every ``step``
+    line (--jsonl)."""
+
+    def __init__(self, path: Path | None, echo: TextIO | None = None, append: bool = False):
+        self.path = path
+        self.echo = echo
+        self._file = None if path is None else open(path, "a" if append else "w", encoding="utf-8")
+
+    def write(self, event: str, durable: bool = False, **fields: object) -> None:
+        """One line; ``durable`` waits until it is on disk (fsync), not only handed to the system."""
+        line = json.dumps(json_safe({"event": event, **fields}))
+        if self._file is not None:
+            self._file.write(line + "\n")
+            self._file.flush()
+            if durable:
+                os.fsync(self._file.fileno())
+        if self.echo is not None and event == "step":
+            print(line, file=self.echo, flush=True)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def read_journal(path: Path) -> list[dict]:
+    """The journal's lines, after cutting a last line that a crash left half written."""
+    with open(path, "rb+") as file:
+        data = file.read()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            file.truncate(end)
+    try:
+        return [json.loads(line) for line in data[:end].decode("utf-8").splitlines() if line.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"journal {path} is damaged ({error}); it cannot tell which images were sent") from error
+
+
+@dataclass
+class Ledger:
+    """Images sent and seconds spent per phase, and the id of the last query announced in the journal.
+
+    Part of the checkpoint. ``phase`` is the phase now running; :meth:`during` switches it.
+    """
+
+    images: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PHASES, 0))
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    phase: str = "mapping"
+    last_send: int = 0
+    _mark: float = field(default_factory=time.perf_counter, repr=False)
+
+    @property
+    def learning_images(self) -> int:
+        """Images the budget covers: mapping, optimization and validation."""
+        return sum(self.images[p] for p in LEARNING_PHASES)
+
+    def restart_clock(self) -> None:
+        """Start timing anew (a checkpoint restored in another process)."""
+        self._mark = time.perf_counter()
+
+    def _switch(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[self.phase] += now - self._mark
+        self._mark, self.phase = now, phase
+
+    @contextmanager
+    def during(self, phase: str) -> Iterator[None]:
+        """Book the images and seconds of the block to ``phase``."""
+        previous = self.phase
+        self._switch(phase)
+        try:
+            yield
+        finally:
+            self._switch(previous)
+
+    def totals(self) -> dict[str, dict]:
+        """{phase: {"images": ..., "seconds": ...}}, for result.json."""
+        self._switch(self.phase)
+        return {p: {"images": self.images[p], "seconds": round(self.seconds[p], 3)} for p in PHASES}
+
+    def book_lost(self, entries: list[dict]) -> int:
+        """Count the ``send`` lines past :attr:`last_send` (sent after the checkpoint); returns their images."""
+        lost = 0
+        for entry in entries:
+            if entry.get("event") == "send" and entry["id"] > self.last_send:
+                self.images[entry["phase"]] += entry["images"]
+                lost += entry["images"]
+        self.last_send = max([self.last_send] + [e["id"] for e in entries if e.get("event") == "send"])
+        return lost
+
+
+class JournaledBackend(BackendWrapper):
+    """Announces every query in the journal (durably) before sending it and books it in the ledger.
+
+    Errors from the inner backend get an ``error`` line; queries that needed retries (backends with
+    ``stats()["retries"]``, such as the HTTP backend) get a ``retry`` line.
+    """
+
+    def __init__(self, inner: Backend, journal: Journal, ledger: Ledger):
+        super().__init__(inner)
+        self.journal = journal
+        self.ledger = ledger
+
+    def announce(self, count: int) -> None:
+        """Record ``count`` images as sent in the current phase, before they are."""
+        self.ledger.last_send += 1
+        self.ledger.images[self.ledger.phase] += count
+        self.journal.write("send", durable=True, id=self.ledger.last_send, phase=self.ledger.phase, images=count)
+
+    def query(self, images: np.ndarray) -> np.ndarray:
+        self.announce(len(images))
+        retries_before = self.retries()
+        try:
+            scores = self.inner.query(images)
+        except Exception as error:
+            self.journal.write("error", phase=self.ledger.phase, images=len(images),
+                               error=f"{type(error).__name__}: {error}")
+            raise
+        retries = self.retries()
+        if retries > retries_before:
+            self.journal.write("retry", phase=self.ledger.phase, retries=retries - retries_before, total=retries)
+        return scores
+
+    def retries(self) -> int:
+        """Retries so far of the model below, if it reports them (0 otherwise)."""
+        stats = getattr(self.unwrap(), "stats", None)
+        return int(stats().get("retries", 0)) if callable(stats) else 0

@@ -1,0 +1,163 @@
+import argparse
+import csv
+import statistics
+from pathlib import Path
+
+import pytest
+
+from blackbox_vp.experiment import (Experiment, add_experiment_parser, collect, load_experiment, run_experiment,
+                                   run_experiment_command, summarize)
+
+TOY_GRID = """
+name = "toy grid"
+seeds = [0, 1, 2]
+budgets = [1500]
+
+[grid]
+backend = "toy"
+data = "digits"
+batch_size = 8
+grid = 4
+train = 400
+val = 60
+test = 60
+
+[methods.cma]
+optimizer = "cma"
+
+[methods."guided (ours)"]
+optimizer = "guided"
+mapping = "linear"
+surrogate = "none"
+"""
+
+
+def write_config(folder, text: str = TOY_GRID):
+    path = folder / "toy.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The toy grid run once, in two worker processes."""
+    folder = tmp_path_factory.mktemp("experiment")
+    experiment = load_experiment(write_config(folder))
+    out = folder / "out"
+    outcome = run_experiment(experiment, out, jobs=2)
+    return experiment, out, outcome
+
+
+def read_rows(out) -> list[dict]:
+    with (out / "results.csv").open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_every_cell_runs_once_and_results_csv_has_one_row_per_cell(finished):
+    experiment, out, outcome = finished
+    cells = experiment.cells(out)
+    assert len(cells) == 6 and not outcome.failed and not outcome.skipped
+    assert sorted(outcome.ran) == sorted(cell.name for cell in cells)
+    rows = read_rows(out)
+    assert [row["cell"] for row in rows] == [cell.name for cell in cells]
+    for row in rows:
+        assert int(row["images_used"]) <= int(row["budget"]) == 1500
+        assert row["machine"] and "torch" in row["versions"]
+    assert {row["seed"] for row in rows} == {"0", "1", "2"}
+    assert (out / "curves.png").stat().st_size > 0 and (out / "experiment.toml").exists()
+    assert all((cell.dir / "prompt.json").exists() for cell in cells)  # ordinary run directories
+
+
+def test_a_second_call_skips_finished_cells_and_runs_only_the_missing_one(finished):
+    experiment, out, _ = finished
+    cells = experiment.cells(out)
+    again = run_experiment(experiment, out)
+    assert again.ran == [] and sorted(again.skipped) == sorted(cell.name for cell in cells)
+    kept = cells[0].dir / "result.json"
+    mtime = kept.stat().st_mtime_ns
+    (cells[-1].dir / "result.json").unlink()
+    third = run_experiment(experiment, out)
+    assert third.ran == [cells[-1].name] and len(third.skipped) == 5
+    assert kept.stat().st_mtime_ns == mtime
+    assert len(read_rows(out)) == 6
+
+
+def test_the_command_line_reruns_a_finished_grid_without_running_a_cell(finished, capsys):
+    experiment, out, _ = finished
+    parser = argparse.ArgumentParser()
+    add_experiment_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["experiment", str(experiment.path), "--out", str(out), "--jobs", "2"])
+    assert run_experiment_command(args) == 0
+    assert "6 cells, 6 finished, 0 to run" in capsys.readouterr().out
+
+
+def test_summary_numbers_are_the_means_of_the_rows(finished):
+    experiment, out, _ = finished
+    rows = read_rows(out)
+    summary = summarize(collect(experiment.cells(out)))
+    table = {}
+    for line in (out / "summary.md").read_text(encoding="utf-8").splitlines():
+        cols = [col.strip().strip("*") for col in line.split("|")[1:-1]]
+        if len(cols) == 8 and cols[0].isdigit():
+            table[cols[1]] = cols
+    assert {row.label for row in summary} == {"cma", "guided (ours)", "no prompt (frequency)", "no prompt (linear)"}
+    for row in summary:
+        if row.kind == "no prompt":
+            mapping = row.label.removeprefix("no prompt (").removesuffix(")")
+            values = [float(r["baseline_test_accuracy"]) for r in rows if r["mapping"] == mapping]
+        else:
+            values = [float(r["test_accuracy"]) for r in rows if r["method"] == row.label]
+            assert row.images == pytest.approx(statistics.mean(int(r["images_used"]) for r in rows
+                                                               if r["method"] == row.label))
+        assert row.seeds == len(values) == 3
+        assert row.test_mean == pytest.approx(statistics.mean(values))
+        assert row.test_sd == pytest.approx(statistics.stdev(values))
+        assert table[row.label][3] == f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+    best = max((row for row in summary if row.kind == "black-box"), key=lambda row: row.test_mean)
+    assert best.best and sum(row.best for row in summary) == 1
+
+
+def test_changed_settings_are_not_mixed_with_finished_cells(finished, tmp_path):
+    experiment, out, _ = finished
+    changed = load_experiment(write_config(tmp_path, TOY_GRID.replace("grid = 4", "grid = 3")))
+    with pytest.raises(ValueError, match=r"was run with grid=4, but the config now gives grid=3"):
+        run_experiment(changed, out)
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("gird = 4", r"toy\.toml: \[grid\]: unknown setting 'gird'"),
+    ("lr = \"fast\"", r"toy\.toml: \[grid\]: lr must be float, got 'fast'"),
+    ("seed = 3", r"toy\.toml: \[grid\]: 'seed' cannot be set here; list the seeds in the top-level `seeds`"),
+    ("optimizer = [\"cma\", \"spsa\"]", r"toy\.toml: \[methods\.\"cma\"\] sets 'optimizer', which \[grid\] lists"),
+])
+def test_a_bad_setting_is_refused_naming_the_key_and_the_file(tmp_path, line, message):
+    path = write_config(tmp_path, TOY_GRID.replace("[grid]\n", f"[grid]\n{line}\n"))
+    with pytest.raises(ValueError, match=message):
+        load_experiment(path)
+
+
+def test_a_bad_top_level_key_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"toy\.toml: unknown top-level key 'seed'"):
+        load_experiment(write_config(tmp_path, "seed = [0]\n" + TOY_GRID))
+
+
+def test_axes_multiply_and_name_the_cells(tmp_path):
+    path = write_config(tmp_path, TOY_GRID.replace('data = "digits"', 'data = ["digits", "squares"]')
+                        .replace("grid = 4", "grid = [2, 4]"))
+    experiment: Experiment = load_experiment(path)
+    cells = experiment.cells(tmp_path)
+    assert len(cells) == 2 * 2 * 2 * 3
+    cell = next(c for c in cells if c.config.optimizer == "guided" and c.config.data == "squares"
+                and c.config.grid == 2 and c.seed == 1)
+    assert cell.name == "guided-ours_data-squares_grid-2_b1500_s1"
+    assert cell.method == "guided (ours), grid=2" and cell.panel == "data=squares"
+    assert cell.config.mapping == "linear" and cell.config.quiet and cell.config.budget == 1500
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("experiments/configs/*.toml")),
+                         ids=lambda path: path.name)
+def test_the_committed_configs_parse_with_at_least_three_seeds(path, tmp_path):
+    experiment = load_experiment(path)
+    assert len(experiment.seeds) >= 3
+    cells = experiment.cells(tmp_path)
+    assert len(cells) == len(experiment.seeds) * len(experiment.budgets) * len(experiment.methods)
