@@ -2,35 +2,53 @@
 
 Built in: ``digits`` (scikit-learn's 1797 handwritten digits), ``squares`` (the counting task of
 Elsayed et al. 2018, *Adversarial Reprogramming*), and any image folder ``ROOT/<class>/<image>``.
+
+An image folder is read before any query is sent, and what it holds is either refused with an
+error naming the file or converted in a documented way that ``Dataset.conversions`` counts (see
+:func:`load_folder`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
+
 
 from blackbox_vp.registry import Registry
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+MAX_PIXELS = 89_478_485
+"""Largest image (width x height) a data folder may hold: a guard against decompression bombs, read
+from the file's header before any pixel is decoded (Pillow's default limit, about 9459 x 9459)."""
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Dataset:
-    """Images (uint8, N x h x w x 3), integer labels (N,) and the class names."""
+    """Images (uint8, N x h x w x 3), integer labels (N,) and the class names.
+
+    ``conversions`` counts what loading changed or skipped, by kind (image folders only; see
+    :func:`load_folder`), e.g. ``{"alpha composited on white": 3}``.
+    """
 
     name: str
     images: np.ndarray
     labels: np.ndarray
     classes: list[str]
+    conversions: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, indices: np.ndarray) -> Dataset:
-        return Dataset(self.name, self.images[indices], self.labels[indices], self.classes)
+        return Dataset(self.name, self.images[indices], self.labels[indices], self.classes, self.conversions)
 
 
 @dataclass
@@ -80,28 +98,128 @@ def load_squares(size: tuple[int, int], seed: int = 0, count: int = 1800) -> Dat
                    [str(k) for k in range(1, 11)])
 
 
-def load_folder(root: str | Path, size: tuple[int, int]) -> Dataset:
-    """Images in ``root/<class>/<image>``; classes sorted by name. Unreadable files name themselves."""
+# What load_folder converts, by kind: the keys of Dataset.conversions.
+GREY = "grey or black-and-white -> RGB (channel repeated)"
+PALETTE = "palette -> RGB"
+CMYK = "CMYK -> RGB (plain formula, no colour profile)"
+OTHER_MODE = "other colour space -> RGB (Pillow's conversion)"
+DEEP = "16-bit -> 8-bit (scaled, value / 257)"
+ALPHA = "transparency composited on white"
+ROTATED = "rotated by its EXIF orientation"
+FRAMES = "first frame only (animated or multi-page)"
+SKIPPED = "skipped: no image suffix"
+HIDDEN = "skipped: hidden (name starts with '.')"
+ONE_IMAGE = "warned: classes with a single image"
+
+
+class _Refused(ValueError):
+    """An image that load_folder will not read; the message says why, the caller adds the file."""
+
+
+def _read_rgb(path: Path, size: tuple[int, int], max_pixels: int, counts: Counter[str]) -> np.ndarray:
+    """The image at ``path`` as 8-bit RGB resized to ``size``; counts its conversions; raises for unreadable files."""
+    if path.stat().st_size == 0:
+        raise _Refused("the file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # The size check below is the guard; Pillow's warning would only repeat it (or abort a test run).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError as error:  # over twice Pillow's limit: refused by Pillow itself
+        raise _Refused(f"{error} (over the limit of {max_pixels:,} pixels)") from None
+    with image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise _Refused(f"it is {width} x {height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
+                           "(a guard against decompression bombs); shrink it, or pass max_pixels")
+        if getattr(image, "n_frames", 1) > 1:
+            counts[FRAMES] += 1
+        image.load()
+        oriented = image
+        if image.getexif().get(0x0112, 1) in range(2, 9):  # the EXIF Orientation tag: 1 is upright
+            oriented = ImageOps.exif_transpose(image)
+            counts[ROTATED] += 1
+        return np.asarray(_to_rgb(oriented, counts).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def _to_rgb(image: Image.Image, counts: Counter[str]) -> Image.Image:
+    """8-bit RGB from any Pillow mode: deep images scaled, transparency composited on white."""
+    mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return image
+    if mode.startswith("I") or mode == "F":
+        values = np.asarray(image)
+        if mode == "F" or values.dtype.kind == "f":
+            raise _Refused(f"it holds floating-point pixels (mode {mode}); save it as an 8- or 16-bit image")
+        counts[DEEP] += 1
+        grey = ((np.clip(values.astype(np.int64), 0, 65535) + 128) // 257).astype(np.uint8)
+        return Image.fromarray(np.repeat(grey[..., None], 3, axis=-1))
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        counts[ALPHA] += 1
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    counts[{"L": GREY, "1": GREY, "P": PALETTE, "CMYK": CMYK}.get(mode, OTHER_MODE)] += 1
+    return image.convert("RGB")
+
+
+def load_folder(root: str | Path, size: tuple[int, int], max_pixels: int = MAX_PIXELS) -> Dataset:
+    """Images in ``root/<class>/<image>``, resized to ``size`` = (height, width); classes sorted by name.
+
+    Refused with a ``ValueError`` naming the file: empty, truncated, corrupt or unidentifiable files
+    with an image suffix, floating-point images, and images over ``max_pixels`` (read from the header,
+    before decoding). Refused naming the folder: a root without class folders, a class folder without
+    images. Converted, and counted in ``Dataset.conversions``: grey, black-and-white, palette, CMYK and
+    other colour spaces to RGB (Pillow's conversion, no colour profile); 16-bit images to 8 bits
+    (value / 257); transparency (RGBA, LA, palette or colour-key) composited on white; EXIF
+    orientation applied; only the first frame of an animation or multi-page file. Skipped, and
+    counted: files without an image suffix (``IMAGE_SUFFIXES``, any case) and hidden files and folders
+    (a name starting with '.', such as ``.DS_Store`` or macOS's ``._photo.jpg``). A class with a single
+    image is loaded, with a logged warning (the split cannot put it both in training and in test).
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist or is not a directory")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    counts: Counter[str] = Counter()
+    class_dirs = []
+    for path in sorted(root.iterdir()):
+        if path.name.startswith("."):
+            counts[HIDDEN] += 1
+        elif path.is_dir():
+            class_dirs.append(path)
     if not class_dirs:
         raise ValueError(f"data folder {root} has no class subfolders; expected {root}/<class>/<image>")
     images, labels = [], []
     for label, class_dir in enumerate(class_dirs):
-        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = []
+        for path in sorted(class_dir.iterdir()):
+            if path.name.startswith("."):
+                counts[HIDDEN] += 1
+            elif path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+                counts[SKIPPED] += 1
+            else:
+                files.append(path)
         if not files:
-            raise ValueError(f"class folder {class_dir} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise ValueError(f"class folder {class_dir} holds no images (files ending in "
+                             f"{', '.join(sorted(IMAGE_SUFFIXES))}); add some or remove the folder")
+        if len(files) == 1:
+            counts[ONE_IMAGE] += 1
+            log.warning("class %r in %s has a single image: it cannot be both learned from and tested on",
+                        class_dir.name, root)
         for path in files:
             try:
-                with Image.open(path) as image:
-                    rgb = image.convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
-            except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
-                raise ValueError(f"cannot read image {path}: {error}. Remove or replace the file.") from error
-            images.append(np.asarray(rgb))
+                images.append(_read_rgb(path, size, max_pixels, counts))
+            except _Refused as error:
+                raise ValueError(f"cannot use image {path}: {error}. Remove or replace the file.") from None
+            except Exception as error:  # Pillow raises many types for damaged files; any of them names the file
+                raise ValueError(f"cannot read image {path}: {type(error).__name__}: {error}. "
+                                 "Remove or replace the file.") from error
             labels.append(label)
-    return Dataset(root.name, np.stack(images), np.asarray(labels, dtype=np.int64), [p.name for p in class_dirs])
+    conversions = dict(sorted(counts.items()))
+    if conversions:
+        log.info("data folder %s: %s", root, "; ".join(f"{kind}: {n}" for kind, n in conversions.items()))
+    return Dataset(root.name, np.stack(images), np.asarray(labels, dtype=np.int64), [p.name for p in class_dirs],
+                   conversions)
 
 
 def load_task(name: str, size: tuple[int, int], seed: int = 0) -> Dataset:

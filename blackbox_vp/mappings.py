@@ -21,6 +21,7 @@ class OutputMapping(ABC):
 
     name: str
     refit: bool = False  # refitted on the scores of recent steps before each validation (ILM-VP)
+    searched_with: str | None = None  # a prompt search optimizes this mapping instead; self is refitted at the end
 
     @abstractmethod
     def fit(self, scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> OutputMapping:
@@ -154,13 +155,16 @@ class MultiLabelMapping(OutputMapping):
 class LinearHeadMapping(OutputMapping):
     """Multinomial logistic regression on standardized log-probabilities, L2-regularized.
 
+    A prompt search does not optimize against the head (a prompt tuned to a head fitted on other
+    prompts' scores only exploits it); it optimizes the frequency mapping's loss, and the head is
+    fitted on the chosen prompt's own scores at the end (see ``blackbox_vp.run``, phase "head").
     Fitted by L-BFGS on scores the run already paid for. ``l2`` is the penalty on the weights,
     relative to the mean cross-entropy. Differentiable in the scores, so the white-box reference
     trains through it.
     """
 
     name = "linear"
-    refit = True
+    searched_with = "frequency"
 
     def __init__(self, l2: float = 1e-2, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
                  mean: torch.Tensor | None = None, scale: torch.Tensor | None = None):

@@ -50,7 +50,7 @@ from blackbox_vp.optimizers import Optimizer, make_optimizer
 from blackbox_vp.parameterizations import PARAMETERIZATIONS
 from blackbox_vp.prompts import PROMPTS, Prompt
 from blackbox_vp.report import machine, versions, write_result, write_run
-from blackbox_vp.scoring import ScoreBuffer, evaluate, predict, score
+from blackbox_vp.scoring import ScoreBuffer, evaluate, mapped_accuracy, predict, score, score_all
 from blackbox_vp.whitebox import Whitebox, torch_model_of
 
 CONFIG, JOURNAL, CHECKPOINT = "config.toml", "journal.jsonl", "checkpoint"
@@ -163,19 +163,22 @@ class BudgetPlan:
     one more, so the last prompt is validated too.
     """
 
-    def __init__(self, config: RunConfig, splits: Splits, step_images: int):
+    def __init__(self, config: RunConfig, splits: Splits, step_images: int, head_stage: bool = False):
         self.step_images = step_images
-        self.mapping = min(config.mapping_images or max(len(splits.val), config.budget // 10), len(splits.train))
+        self.mapping = min(config.mapping_images or max(len(splits.val), config.budget // 4), len(splits.train))
         self.validation_pass = len(splits.val)
+        # A head refitted on the chosen prompt at the end: its training images and one validation.
+        self.head_stage = self.mapping + self.validation_pass if head_stage else 0
         self.validations = (config.validations if config.validations is not None
                             else min(10, max(1, config.budget // (5 * self.validation_pass) - 1)))
-        needed = self.mapping + 2 * self.validation_pass + step_images  # initial + final validation, one step
+        needed = self.mapping + 2 * self.validation_pass + step_images + self.head_stage
         if config.budget < needed:
+            head = f", the head refit {self.head_stage}" if self.head_stage else ""
             raise ValueError(
                 f"--budget {config.budget} is too small: the mapping needs {self.mapping} images, two validation "
-                f"passes {2 * self.validation_pass}, and one optimization step {step_images}; raise --budget to at "
+                f"passes {2 * self.validation_pass}, one optimization step {step_images}{head}; raise --budget to at "
                 f"least {needed}, or lower --mapping-images, --val or --batch-size")
-        optimization = config.budget - self.mapping - (self.validations + 1) * self.validation_pass
+        optimization = config.budget - self.mapping - (self.validations + 1) * self.validation_pass - self.head_stage
         self.validation_every = max(optimization / self.validations, step_images)
 
 
@@ -210,6 +213,7 @@ class Selection:
     best_theta: np.ndarray | None = None
     best_mapping: OutputMapping | None = None
     best_val: float = -1.0
+    baseline_val: float | None = None  # the initial prompt's, with the mapping it is finally judged with
     history: list[dict] = field(default_factory=list)
 
 
@@ -237,7 +241,7 @@ class RunState:
     """Everything a run changes as it goes; the checkpoint pickles it whole."""
 
     config: dict  # the resolved settings it was made with; a resume checks config.toml against them
-    phase: str  # what comes next: "mapping", "baseline" (validation), "optimization", "test" or "done"
+    phase: str  # what comes next: "mapping", "baseline" (validation), "optimization", "head", "test" or "done"
     rng: np.random.Generator  # mapping images and minibatches
     optimizer: Optimizer | Whitebox  # with its own random state
     mapping: OutputMapping  # refitting mappings change in place
@@ -245,6 +249,9 @@ class RunState:
     ledger: Ledger  # images and seconds per phase, last journal "send" id
     prior_rng: np.random.Generator | None = None  # the surrogate prior's minibatches (guided)
     initial_mapping: OutputMapping | None = None
+    head: OutputMapping | None = None  # a mapping searched with another one, refitted on the chosen prompt
+    initial_head: OutputMapping | None = None
+    baseline_val_scores: torch.Tensor | None = None  # the initial prompt's validation scores, kept for the head
     selection: Selection = field(default_factory=Selection)
     next_validation: float = 0.0
     steps: int = 0
@@ -315,8 +322,10 @@ class Run:
                 self.optimize()
                 if self.stop.requested:
                     return self.interrupt()
-                state.phase = "test"
+                state.phase = "head"
                 self.checkpoint()
+            if state.phase == "head":
+                self.refit_head()
             if state.phase == "test":
                 self.test()
         finally:
@@ -353,8 +362,12 @@ class Run:
         with state.ledger.during("mapping"):
             chosen = state.rng.choice(len(train), size=self.plan.mapping, replace=False)
             scores = score(self.learning, self.prompt, self.prompt.initial(), train.images[chosen])
-            state.mapping.fit(scores, torch.from_numpy(train.labels[chosen]), len(train.classes))
+            labels = torch.from_numpy(train.labels[chosen])
+            state.mapping.fit(scores, labels, len(train.classes))
+            if state.head is not None:  # the same paid-for scores fit the head too
+                state.head.fit(scores, labels, len(train.classes))
         state.initial_mapping = copy.deepcopy(state.mapping)  # a refitting mapping changes in place during the run
+        state.initial_head = copy.deepcopy(state.head)
         state.phase = "baseline"
         self.show()
         self.checkpoint()
@@ -365,13 +378,13 @@ class Run:
             raise ValueError(f"--budget {self.config.budget}: the images counted twice after a crash leave "
                              f"{self.learning.remaining} images, too few to validate ({self.plan.validation_pass}); "
                              "start again with a larger --budget")
-        self.validate(self.prompt.initial(), None)
+        self.state.selection.baseline_val, self.state.baseline_val_scores = self.validate(self.prompt.initial(), None)
         self.state.phase = "optimization"
         self.state.next_validation = self.learning.images_sent + self.plan.validation_every
         self.show()
         self.checkpoint()
 
-    def validate(self, theta: np.ndarray, loss: float | None) -> float:
+    def validate(self, theta: np.ndarray, loss: float | None) -> tuple[float, torch.Tensor]:
         """Validate ``theta`` (after refitting the mapping if it refits); keep the pair if it is the best.
 
         The test split is never looked at.
@@ -380,13 +393,14 @@ class Run:
         with state.ledger.during("validation"):
             if state.mapping.refit and len(state.buffer) >= state.buffer.capacity:
                 state.mapping.fit(state.buffer.scores, state.buffer.labels, len(self.splits.train.classes))
-            accuracy = evaluate(self.learning, self.prompt, theta, state.mapping, self.splits.val)
+            scores = score_all(self.learning, self.prompt, theta, self.splits.val.images)
+            accuracy = mapped_accuracy(state.mapping, scores, self.splits.val.labels)
         selection.history.append({"images": self.learning.images_sent, "step": state.steps,
                                   "val_accuracy": accuracy, "loss": loss})
         if accuracy > selection.best_val:
             selection.best_theta, selection.best_val = np.array(theta, copy=True), accuracy
             selection.best_mapping = copy.deepcopy(state.mapping)
-        return accuracy
+        return accuracy, scores
 
     def step(self, batch: np.ndarray) -> tuple[float, float]:
         """One optimization step on a minibatch: (mean loss, training accuracy) over its candidates."""
@@ -416,7 +430,7 @@ class Run:
         costs the validation's images, not the step's as well.
         """
         state, learning = self.state, self.learning
-        room = self.plan.step_images + self.plan.validation_pass  # always room for a last validation
+        room = self.plan.step_images + self.plan.validation_pass + self.plan.head_stage  # a last validation, the head
         with state.ledger.during("optimization"):
             if state.pending is not None:  # the last run stopped in this step's validation
                 self.close_step()
@@ -442,7 +456,7 @@ class Run:
             self.journal.write("validation_skipped", step=state.steps, images=self.learning.images_sent,
                                needed=self.plan.validation_pass, left=self.learning.remaining)
         elif record.validate:
-            val_accuracy = self.validate(state.optimizer.recommend(), record.loss)
+            val_accuracy, _ = self.validate(state.optimizer.recommend(), record.loss)
             while state.next_validation <= self.learning.images_sent:
                 state.next_validation += self.plan.validation_every
         self.journal.write("step", step=state.steps, images=self.learning.images_sent, loss=record.loss,
@@ -454,11 +468,41 @@ class Run:
         self.show(record.loss)
         self.checkpoint()
 
+    def refit_head(self) -> None:
+        """Fit the head on the chosen prompt's own scores; keep it only if it beats the initial prompt's head.
+
+        The initial prompt's head was fitted on the mapping images, and its validation scores were
+        kept, so judging it costs nothing; the chosen prompt costs a fresh pass over as many training
+        images and one validation (reserved in the budget plan).
+        """
+        state, selection, train, val = self.state, self.state.selection, self.splits.train, self.splits.val
+        if state.head is not None:
+            selection.baseline_val = mapped_accuracy(state.initial_head, state.baseline_val_scores, val.labels)
+            theta, mapping, best_val = self.prompt.initial(), state.initial_head, selection.baseline_val
+            if not np.array_equal(selection.best_theta, theta):
+                with state.ledger.during("mapping"):
+                    chosen = state.rng.choice(len(train), size=self.plan.mapping, replace=False)
+                    scores = score_all(self.learning, self.prompt, selection.best_theta, train.images[chosen])
+                    head = copy.deepcopy(state.head).fit(scores, torch.from_numpy(train.labels[chosen]),
+                                                         len(train.classes))
+                with state.ledger.during("validation"):
+                    val_scores = score_all(self.learning, self.prompt, selection.best_theta, val.images)
+                accuracy = mapped_accuracy(head, val_scores, val.labels)
+                selection.history.append({"images": self.learning.images_sent, "step": state.steps,
+                                          "val_accuracy": accuracy, "loss": None, "head": True})
+                if accuracy > best_val:
+                    theta, mapping, best_val = selection.best_theta, head, accuracy
+            selection.best_theta, selection.best_mapping, selection.best_val = theta, mapping, best_val
+        state.phase = "test"
+        self.show()
+        self.checkpoint()
+
     def test(self) -> None:
         """The test split, once, with the initial and the best prompt; counted apart from the budget."""
         state, test, best = self.state, self.splits.test, self.state.selection
         with state.ledger.during("test"):
-            baseline = evaluate(self.journaled, self.prompt, self.prompt.initial(), state.initial_mapping, test)
+            baseline = evaluate(self.journaled, self.prompt, self.prompt.initial(),
+                                state.initial_head or state.initial_mapping, test)
             predicted = predict(self.journaled, self.prompt, best.best_theta, best.best_mapping, test)
         accuracy = float(np.mean(predicted == test.labels)) if len(test) else float("nan")
         state.test = FinalScores(baseline, accuracy, predicted[:EXAMPLE_IMAGES])
@@ -483,7 +527,7 @@ class Run:
             queries_used=self.learning.images_sent, test_accuracy=outcome.accuracy if outcome else None,
             val_accuracy=selection.best_val if selection.history else None,
             baseline_test_accuracy=outcome.baseline_accuracy if outcome else None,
-            baseline_val_accuracy=selection.history[0]["val_accuracy"] if selection.history else None,
+            baseline_val_accuracy=selection.baseline_val,
             test_queries=state.ledger.images["test"], steps=state.steps, seconds=round(self.elapsed(), 3),
             seed=config.seed, images_lost=state.images_lost, resumes=state.resumes, phases=state.ledger.totals(),
             seeds=seeds, versions=versions(), machine=machine(config.device), config=config.to_dict(),
@@ -530,6 +574,9 @@ def _execute(config: RunConfig, backend: Backend | None, resuming: bool) -> RunR
     splits = load_splits(config, prompt)
     loss_fn = LOSSES.get(config.loss)
     mapping: OutputMapping = MAPPINGS.get(config.mapping)()
+    head = None
+    if mapping.searched_with:  # e.g. the linear head: search with another mapping, refit the head at the end
+        head, mapping = mapping, MAPPINGS.get(mapping.searched_with)()
     whitebox = config.optimizer == "whitebox"
     if whitebox:
         torch_model = torch_model_of(model)
@@ -539,7 +586,7 @@ def _execute(config: RunConfig, backend: Backend | None, resuming: bool) -> RunR
     else:
         optimizer = make_optimizer(config.optimizer, prompt.initial(), seed=config.seed)
         step_images = config.batch_size * optimizer.candidates_per_step
-    plan = BudgetPlan(config, splits, step_images)
+    plan = BudgetPlan(config, splits, step_images, head_stage=head is not None)
     config = resolve(config, canvas_size, splits, plan)
     prior = (surrogate_prior(config, prompt, mapping, splits, list(model.labels))
              if hasattr(optimizer, "prior") and config.surrogate != "none" else None)
@@ -556,7 +603,8 @@ def _execute(config: RunConfig, backend: Backend | None, resuming: bool) -> RunR
         out.mkdir(parents=True, exist_ok=True)
     if state is None:
         state = RunState(config=config.to_dict(), phase="mapping", rng=np.random.default_rng(config.seed),
-                         optimizer=optimizer, mapping=mapping, buffer=ScoreBuffer(plan.mapping), ledger=Ledger(),
+                         optimizer=optimizer, mapping=mapping, head=head, buffer=ScoreBuffer(plan.mapping),
+                         ledger=Ledger(),
                          prior_rng=prior.rng if prior else None)
     if prior is not None:
         prior.mapping, prior.rng = state.mapping, state.prior_rng

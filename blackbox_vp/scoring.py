@@ -16,7 +16,8 @@ def score(backend: Backend, prompt: Prompt, theta: np.ndarray, images: np.ndarra
     return torch.from_numpy(backend.query(prompt.apply(theta, images)))
 
 
-def accuracy(mapping: OutputMapping, scores: torch.Tensor, labels: np.ndarray) -> float:
+def mapped_accuracy(mapping: OutputMapping, scores: torch.Tensor, labels: np.ndarray) -> float:
+    """Accuracy of the classes ``mapping`` picks from backend ``scores``."""
     predicted = mapping.probabilities(scores).argmax(dim=1).numpy()
     return float(np.mean(predicted == labels)) if len(labels) else float("nan")
 
@@ -29,7 +30,7 @@ def score_all(backend: Backend, prompt: Prompt, theta: np.ndarray, images: np.nd
 def evaluate(backend: Backend, prompt: Prompt, theta: np.ndarray, mapping: OutputMapping, data: Dataset,
              chunk: int = 256) -> float:
     """Accuracy of ``theta`` on ``data``."""
-    return accuracy(mapping, score_all(backend, prompt, theta, data.images, chunk), data.labels)
+    return mapped_accuracy(mapping, score_all(backend, prompt, theta, data.images, chunk), data.labels)
 
 
 def predict(backend: Backend, prompt: Prompt, theta: np.ndarray, mapping: OutputMapping, data: Dataset,

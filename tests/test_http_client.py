@@ -79,7 +79,8 @@ def test_one_call_goes_out_as_one_request_and_matches_the_model(images):
     try:
         np.testing.assert_array_equal(model.query(images), TOY.query(images))
         assert log == [10] and model.labels == TOY.labels and model.image_size == (16, 16)
-        assert model.stats() == {"requests": 2, "retries": 0, "images": 10, "cost": 0.0}  # metadata + one batch
+        assert model.stats() == {"requests": 2, "retries": 0, "failures": 0, "images_sent": 10, "images": 10,
+                                 "cost": 0.0}  # metadata + one batch
         assert model.query(images[:0]).shape == (0, 6) and model.requests == 2
     finally:
         model.close()

@@ -134,8 +134,8 @@ def test_a_crash_before_the_first_checkpointed_step_resumes_from_the_mapping(uni
     with pytest.raises(Crash):
         optimize(RunConfig(**SETTINGS, out=str(out)), backend=CrashingBackend(ToyBackend(), 1))
     result = resume(out, backend=ToyBackend())
-    assert result.images_lost == 200  # the mapping query, sent again
-    assert result.phases["mapping"]["images"] == 400
+    assert result.images_lost == 400  # the mapping query (all 400 training images), sent again
+    assert result.phases["mapping"]["images"] == 800
 
 
 def tiny_torch_backend() -> TorchClassifierBackend:

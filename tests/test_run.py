@@ -43,7 +43,7 @@ def test_budget_is_spent_on_mapping_validation_and_steps_as_planned():
     result = optimize(toy_config())
     steps_images = result.steps * 15 * 8  # 48 dimensions -> CMA population 15, 8 images each
     validations = len(result.history)
-    assert result.queries_used == 300 + validations * 60 + steps_images  # mapping = 10% of the budget
+    assert result.queries_used == 400 + validations * 60 + steps_images  # mapping: 25% of the budget, at most train
     assert 3000 - result.queries_used < 15 * 8 + 60  # less than one step and one validation left unspent
     assert result.history[-1]["step"] == result.steps  # the last prompt was validated
 

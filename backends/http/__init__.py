@@ -7,12 +7,16 @@ FastAPI and uvicorn and is imported only by ``bbvp serve``.
 
 from __future__ import annotations
 
-from backends.http.client import HTTPBackend
+from backends.http.client import FailureHook, HTTPBackend, InsecureTLSWarning, read_token_file
 from backends.http.codecs import FORMATS, load_labels
 
 HTTP_OPTIONS = ("format", "labels", "token_env", "token_header", "rate_limit", "image_rate_limit",
                 "cost_per_image", "http_max_batch", "http_concurrency", "http_timeout", "http_attempts")
 """The run options (``RunConfig`` fields) that configure an HTTP backend."""
+
+HTTP_OPTIONS_PENDING = ("token_file", "tls_verify")
+"""Further arguments of :func:`make_http_backend` that are not ``RunConfig`` fields yet: once they are
+(``--token-file PATH``, ``--tls-verify``/``--no-tls-verify`` or a CA bundle path), they join ``HTTP_OPTIONS``."""
 
 
 def is_url(name: str) -> bool:
@@ -21,16 +25,20 @@ def is_url(name: str) -> bool:
 
 
 def make_http_backend(url: str, format: str = "bbvp", labels: str | None = None, token_env: str | None = None,
-                      token_header: str = "Authorization", rate_limit: float | None = None,
+                      token_file: str | None = None, token_header: str = "Authorization",
+                      tls_verify: bool | str = True, rate_limit: float | None = None,
                       image_rate_limit: float | None = None, cost_per_image: float = 0.0,
                       http_max_batch: int | None = None, http_concurrency: int = 4, http_timeout: float = 60.0,
-                      http_attempts: int = 6) -> HTTPBackend:
-    """An :class:`HTTPBackend` for ``url`` from run options; ``labels`` is a labels file (see ``load_labels``)."""
+                      http_attempts: int = 6, on_failure: FailureHook | None = None) -> HTTPBackend:
+    """An :class:`HTTPBackend` for ``url`` from run options; ``labels`` is a labels file (see ``load_labels``),
+    ``token_file`` a file holding the token (mode 0600), ``tls_verify`` True, False (warned) or a CA bundle
+    file, ``on_failure`` gets one event per failed attempt (for the run journal)."""
     return HTTPBackend(url, format, labels=load_labels(labels) if labels else None, token_env=token_env,
-                       token_header=token_header, rate_limit=rate_limit, image_rate_limit=image_rate_limit,
-                       cost_per_image=cost_per_image, max_batch=http_max_batch, concurrency=http_concurrency,
-                       timeout=http_timeout,
-                       max_attempts=http_attempts)
+                       token_file=token_file, token_header=token_header, verify=tls_verify, rate_limit=rate_limit,
+                       image_rate_limit=image_rate_limit, cost_per_image=cost_per_image, max_batch=http_max_batch,
+                       concurrency=http_concurrency, timeout=http_timeout, max_attempts=http_attempts,
+                       on_failure=on_failure)
 
 
-__all__ = ["FORMATS", "HTTP_OPTIONS", "HTTPBackend", "is_url", "load_labels", "make_http_backend"]
+__all__ = ["FORMATS", "HTTP_OPTIONS", "HTTP_OPTIONS_PENDING", "FailureHook", "HTTPBackend", "InsecureTLSWarning",
+           "is_url", "load_labels", "make_http_backend", "read_token_file"]

@@ -4,21 +4,33 @@
 thread owns one ``httpx.AsyncClient`` and sends the requests of one call concurrently (at most
 ``concurrency`` at a time). The only network boundary is that client's transport, which tests
 replace with ``httpx.MockTransport``.
+
+Secrets: the token comes from an environment variable (``token_env``) or a file only its owner can
+read (``token_file``, mode 0600), never from the URL or the command line. It goes into one request
+header and nowhere else: error messages, log records and failure events mask it, and a URL with a
+password in it is refused. TLS certificates are verified unless ``verify=False`` says otherwise, which
+warns (:class:`InsecureTLSWarning`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import os
+import ssl
+import stat
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Sequence
+import warnings
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -28,6 +40,15 @@ from backends.base import Backend, BackendError, check_images, check_scores
 from backends.http.codecs import FORMATS, Call, CodecError, ModelInfo
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+FailureHook = Callable[[dict[str, Any]], None]
+"""Called with one event per failed attempt (see :meth:`HTTPBackend._failed`); never sees the token."""
+
+
+class InsecureTLSWarning(UserWarning):
+    """TLS certificate verification was turned off (``verify=False``)."""
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 RETRY_TRANSPORT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
@@ -52,7 +73,64 @@ class RetryableError(BackendError):
 
 
 def _retryable(error: BaseException) -> bool:
-    return isinstance(error, (RetryableError, *RETRY_TRANSPORT_ERRORS))
+    return isinstance(error, (RetryableError, *RETRY_TRANSPORT_ERRORS)) and not _certificate_refused(error)
+
+
+def _certificate_refused(error: BaseException) -> bool:
+    """Whether ``error`` comes from a TLS certificate that failed verification (retrying cannot help)."""
+    seen: BaseException | None = error
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _check_token(token: str, where: str) -> str:
+    """The token without surrounding whitespace; refused (without showing it) if it cannot go in a header."""
+    token = token.strip()
+    if not token:
+        raise ValueError(f"{where} is empty; put the API token there")
+    if not all("!" <= char <= "~" for char in token):
+        raise ValueError(f"the token in {where} holds a space, a control or a non-ASCII character, which a token "
+                         "cannot hold; check what was stored there")
+    return token
+
+
+def read_token_file(path: str | Path) -> str:
+    """The token in ``path``: one line, in a regular file that only its owner may read or write (mode 0600 or
+    0400; checked on POSIX systems). Errors name the file, never its contents."""
+    path = Path(path)
+    where = f"token file {path} (--token-file)"
+    try:
+        with open(path, "rb") as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ValueError(f"{where} is not a regular file")
+            if os.name == "posix":
+                if info.st_mode & 0o077:
+                    raise ValueError(f"{where} may be read or written by other users (mode "
+                                     f"{stat.S_IMODE(info.st_mode):04o}); make it private with `chmod 600 {path}`")
+                if info.st_uid != os.getuid():
+                    raise ValueError(f"{where} belongs to another user; keep your own copy, with `chmod 600`")
+            raw = file.read(65537)
+    except FileNotFoundError:
+        raise ValueError(f"{where} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"{where} is not a regular file") from None
+    except PermissionError:
+        raise ValueError(f"{where} cannot be read by this user") from None
+    if len(raw) > 65536:
+        raise ValueError(f"{where} is over 64 KiB: it should hold only the token")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{where} is not UTF-8 text") from None
+    if len(text.strip().splitlines()) > 1:
+        raise ValueError(f"{where} holds more than one line; put only the token in it")
+    return _check_token(text, where)
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -146,7 +224,13 @@ class HTTPBackend(Backend):
     most ``max_retry_after`` seconds), else a jittered exponential backoff (``backoff`` seconds
     doubling per attempt, at most ``max_backoff``). A token is read from the environment variable
     ``token_env`` and sent as ``Authorization: Bearer`` (or raw in ``token_header``); it is never
-    printed, logged or stored anywhere else. ``stats()`` reports requests, retries, images and cost.
+    printed, logged or stored anywhere else; ``token_file`` names a file holding it instead (mode 0600,
+    see :func:`read_token_file`). ``verify``: TLS certificate checks on (True, the default), off (False:
+    warns :class:`InsecureTLSWarning`), or a CA bundle file to check against.
+
+    Every failed attempt (retried or final) is logged on the ``backends.http.client`` logger and, when
+    given, passed to ``on_failure`` as an event dict (see :meth:`_failed`). ``stats()`` reports
+    requests, retries, failed attempts, images sent (retries included), images answered and their cost.
     """
 
     def __init__(self, url: str, format: str = "bbvp", *, labels: Sequence[str] | None = None,
@@ -154,8 +238,13 @@ class HTTPBackend(Backend):
                  concurrency: int = 4, timeout: float = 60.0, max_attempts: int = 6,
                  backoff: float = 0.5, max_backoff: float = 30.0, max_retry_after: float = 60.0,
                  rate_limit: float | None = None, image_rate_limit: float | None = None,
-                 cost_per_image: float = 0.0, token_env: str | None = None,
-                 token_header: str = "Authorization", transport: httpx.AsyncBaseTransport | None = None):
+                 cost_per_image: float = 0.0, token_env: str | None = None, token_file: str | Path | None = None,
+                 token_header: str = "Authorization", verify: bool | str | Path = True,
+                 on_failure: FailureHook | None = None, transport: httpx.AsyncBaseTransport | None = None):
+        parts = urlsplit(url)
+        if parts.password is not None or "@" in parts.netloc:
+            raise ValueError("the backend URL holds credentials (user:password@host); take them out and pass the "
+                             "token through an environment variable (--token-env) or a token file (--token-file)")
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"backend URL {url!r} must start with http:// or https://")
         for name, value in (("concurrency", concurrency), ("max_attempts", max_attempts), ("max_batch", max_batch)):
@@ -170,19 +259,25 @@ class HTTPBackend(Backend):
         self.cost_per_image = cost_per_image
         self.requests = 0  # HTTP requests sent, retries and metadata included
         self.retries = 0
+        self.failures = 0  # failed attempts, retried or not
+        self.images_sent = 0  # images in inference requests sent, retries included: what went over the wire
         self.images_answered = 0  # images in answered requests: what the server scored for us
+        self.on_failure = on_failure
         self._backoff = wait_random_exponential(multiplier=backoff, max=max_backoff)
         self._max_retry_after = max_retry_after
         self._limiter = RateLimiter(rate_limit, image_rate_limit)
         self._semaphore = asyncio.Semaphore(concurrency)
-        self._token = self._read_token(token_env)
+        self._token = self._read_token(token_env, token_file)
         headers = {}
         if self._token is not None:
             is_bearer = token_header.lower() == "authorization"
             headers[token_header] = f"Bearer {self._token}" if is_bearer else self._token
+            if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
+                log.warning("the API token goes to %s over plain http, readable on the way; use https", self.url)
+        tls = self._tls(verify)
         self._loop = _LoopThread(name=f"bbvp-http {self.url}")
         self._client = httpx.AsyncClient(
-            headers=headers, transport=transport, follow_redirects=False,
+            headers=headers, transport=transport, follow_redirects=False, verify=tls,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency))
         try:
@@ -192,14 +287,39 @@ class HTTPBackend(Backend):
             raise
 
     @staticmethod
-    def _read_token(token_env: str | None) -> str | None:
+    def _read_token(token_env: str | None, token_file: str | Path | None) -> str | None:
+        if token_env is not None and token_file is not None:
+            raise ValueError("give the token either in an environment variable (--token-env) or in a file "
+                             "(--token-file), not both")
+        if token_file is not None:
+            return read_token_file(token_file)
         if token_env is None:
             return None
-        token = os.environ.get(token_env, "")
-        if not token:
+        if not os.environ.get(token_env, "").strip():
             raise ValueError(f"environment variable {token_env} (--token-env) is empty or not set; "
                              "put the API token there")
-        return token
+        return _check_token(os.environ[token_env], f"environment variable {token_env} (--token-env)")
+
+    def _tls(self, verify: bool | str | Path) -> bool | ssl.SSLContext:
+        """httpx's ``verify``: True, False (warned) or an SSL context trusting the CA bundle file ``verify``."""
+        if verify is True:
+            return True
+        if verify is False:
+            message = (f"TLS certificate verification is off for {self.url}: anyone on the way can read and change "
+                       "the images, the scores and the token")
+            warnings.warn(message, InsecureTLSWarning, stacklevel=3)
+            log.warning(message)
+            return False
+        if isinstance(verify, str | Path):
+            try:
+                return ssl.create_default_context(cafile=str(verify))
+            except (OSError, ssl.SSLError) as error:
+                raise ValueError(f"cannot use CA bundle {verify} to verify TLS certificates: {error}") from error
+        raise TypeError(f"verify must be True, False or a CA bundle path, got {type(verify).__name__}")
+
+    def _mask(self, text: str) -> str:
+        """``text`` with the token (if any) replaced by [token]."""
+        return text.replace(self._token, "[token]") if self._token else text
 
     def _discover(self) -> ModelInfo:
         """Run the codec's metadata requests (from the calling thread); a 404 reaches the codec as None."""
@@ -209,7 +329,7 @@ class HTTPBackend(Backend):
         try:
             return self.codec.discover(fetch)
         except CodecError as error:
-            raise BackendError(f"{self.format} server at {self.url}: {error}") from error
+            raise BackendError(self._mask(f"{self.format} server at {self.url}: {error}")) from None
 
     def _configure(self, info: ModelInfo, labels: Sequence[str] | None, image_size: tuple[int, int] | None,
                    max_batch: int | None) -> None:
@@ -266,24 +386,77 @@ class HTTPBackend(Backend):
         payload = await self._request(call, count)
         try:
             scores = self.codec.decode(payload, count, self.labels)
-        except CodecError as error:
-            raise BackendError(f"{self.format} answer from {call.url} does not fit the format: {error}") from error
-        return check_scores(scores, count, self.num_labels, source=f"{self.format} server at {call.url}")
+            return check_scores(scores, count, self.num_labels, source=f"{self.format} server at {call.url}")
+        except (CodecError, BackendError) as error:
+            if isinstance(error, CodecError):
+                error = BackendError(self._mask(f"{self.format} answer from {call.url} does not fit the format: "
+                                                f"{error}"))
+            self._failed(call, count, None, error, retry=False, status=200)
+            raise error from None
 
     async def _request(self, call: Call, count: int, missing_ok: bool = False) -> Any:
-        """Send ``call`` with retries; the parsed JSON answer (None for a 404 when ``missing_ok``)."""
+        """Send ``call`` with retries; the parsed JSON answer (None for a 404 when ``missing_ok``).
+
+        Every exception that leaves is a :class:`BackendError` whose message names the URL and the
+        status or error, with the token masked; the chained cause is dropped, as it may hold request
+        headers.
+        """
         retrying = AsyncRetrying(stop=stop_after_attempt(self.max_attempts), wait=self._wait,
                                  retry=retry_if_exception(_retryable),
                                  before_sleep=self._count_retry, reraise=True)
+        attempts = 0
+
+        async def attempt() -> Any:
+            nonlocal attempts
+            attempts += 1
+            started = time.monotonic()
+            try:
+                return await self._send(call, count, missing_ok)
+            except Exception as error:
+                retry = _retryable(error) and attempts < self.max_attempts
+                self._failed(call, count, attempts, error, retry, seconds=time.monotonic() - started)
+                raise
+
+        status = None
         try:
-            return await retrying(self._send, call, count, missing_ok)
+            return await retrying(attempt)
         except RetryableError as error:
-            raise BackendError(f"{error} (gave up after {self.max_attempts} attempts)") from error
+            message, status = f"{error} (gave up after {self.max_attempts} attempts)", error.status
         except RETRY_TRANSPORT_ERRORS as error:
-            raise BackendError(f"no answer from {call.url}: {type(error).__name__}: {error} (gave up after "
-                               f"{self.max_attempts} attempts); check that the server is up and reachable") from error
+            if _certificate_refused(error):
+                message = (f"cannot verify the TLS certificate of {call.url}: {error}; if the server uses a private "
+                           "CA, pass its certificate bundle (verify=PATH), or turn verification off knowingly")
+            else:
+                message = (f"no answer from {call.url}: {type(error).__name__}: {str(error) or 'no details'} (gave up "
+                           f"after {self.max_attempts} attempts); check that the server is up and reachable")
         except httpx.HTTPError as error:
-            raise BackendError(f"cannot send to {call.url}: {type(error).__name__}: {error}") from error
+            message = f"cannot send to {call.url}: {type(error).__name__}: {error}"
+        except BackendError as error:
+            message, status = str(error), getattr(error, "status", None)
+        failure = BackendError(self._mask(message))
+        failure.status = status  # the last HTTP status, None when no answer came
+        raise failure from None
+
+    def _failed(self, call: Call, count: int, attempt: int | None, error: BaseException, retry: bool,
+                seconds: float | None = None, status: int | None = None) -> None:
+        """Count, log and report one failed attempt: an event dict with ``url``, ``attempt`` (of
+        ``max_attempts``; None for an answer refused after it arrived), ``images``, ``status`` (the HTTP
+        status, None when no answer came), ``error`` (the message, token masked), ``retry`` (whether it
+        will be retried) and ``seconds`` (the attempt's duration, if known). ``on_failure`` runs on the
+        client's event-loop thread while the caller waits for :meth:`query`."""
+        self.failures += 1
+        if status is None:
+            status = getattr(error, "status", None)
+        described = (str(error) if isinstance(error, BackendError)
+                     else f"{type(error).__name__}: {str(error) or 'no details'}")
+        event = {"event": "http_failure", "url": call.url, "attempt": attempt, "max_attempts": self.max_attempts,
+                 "images": count, "status": status, "error": self._mask(described), "retry": retry,
+                 "seconds": None if seconds is None else round(seconds, 3)}
+        log.log(logging.INFO if retry else logging.WARNING, "%s attempt %s/%s failed%s: %s", call.url,
+                attempt if attempt is not None else "-", self.max_attempts, ", retrying" if retry else "",
+                event["error"])
+        if self.on_failure is not None:
+            self.on_failure(event)
 
     def _count_retry(self, state: RetryCallState) -> None:
         self.retries += 1
@@ -298,6 +471,7 @@ class HTTPBackend(Backend):
         async with self._semaphore:
             await self._limiter.wait(count)
             self.requests += 1
+            self.images_sent += count
             response = await self._client.request(call.method, call.url, json=call.json, content=call.content,
                                                   headers=call.headers)
         status = response.status_code
@@ -313,21 +487,23 @@ class HTTPBackend(Backend):
             hint = STATUS_HINTS.get(status, "")
             if 300 <= status < 400:
                 hint = f"redirects are not followed: use the final URL ({response.headers.get('location', '?')})"
-            raise BackendError(f"{call.url} answered {status} {response.reason_phrase}: {self._excerpt(response)}"
-                               + (f"; {hint}" if hint else ""))
+            error = BackendError(self._mask(f"{call.url} answered {status} {response.reason_phrase}: "
+                                            f"{self._excerpt(response)}" + (f"; {hint}" if hint else "")))
+            error.status = status
+            raise error
         try:
             payload = json.loads(response.content)
         except ValueError as error:
-            raise BackendError(f"{call.url} answered {status} with malformed JSON ({len(response.content)} bytes, "
-                               f"{error}): {self._excerpt(response)}") from error
+            failure = BackendError(f"{call.url} answered {status} with malformed JSON ({len(response.content)} "
+                                   f"bytes, {error}): {self._excerpt(response)}")
+            failure.status = status
+            raise failure from None
         self.images_answered += count
         return payload
 
     def _excerpt(self, response: httpx.Response) -> str:
         """The start of a body, on one line, with the token masked (a server may echo it)."""
-        text = " ".join(response.content[:65536].decode("utf-8", errors="replace").split())
-        if self._token:
-            text = text.replace(self._token, "[token]")
+        text = self._mask(" ".join(response.content[:65536].decode("utf-8", errors="replace").split()))
         text = text[:EXCERPT_CHARS] + ("..." if len(text) > EXCERPT_CHARS else "")
         return repr(text) if text else "(empty body)"
 
@@ -337,9 +513,10 @@ class HTTPBackend(Backend):
         return self.images_answered * self.cost_per_image
 
     def stats(self) -> dict[str, float]:
-        """Requests sent (retries and metadata included), retries, images answered and their cost."""
-        return {"requests": self.requests, "retries": self.retries, "images": self.images_answered,
-                "cost": self.spent}
+        """Requests sent (retries and metadata included), retries, failed attempts, images sent (retries
+        included), images answered and their cost."""
+        return {"requests": self.requests, "retries": self.retries, "failures": self.failures,
+                "images_sent": self.images_sent, "images": self.images_answered, "cost": self.spent}
 
     def close(self) -> None:
         """Close the connections and stop the event loop thread. Safe to call twice."""

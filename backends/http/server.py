@@ -14,16 +14,18 @@ Endpoints (MODEL is the served name):
 Limits guard the server: body size, images per request, pixels per image (checked from the image
 header before decoding, against decompression bombs). Fault injection (:class:`Faults`) answers some
 inference requests with chosen errors, 429 with Retry-After, added latency or truncated bodies, from a
-seeded generator, for tests and demos. Errors are JSON ``{"error": message}``.
+seeded generator, for tests and demos. Errors are JSON ``{"error": message}``: 4xx for a request the
+server refuses (never a traceback), 500 with a fixed message when the model itself fails (the
+traceback goes to the server's log). Requests never name files: images travel in the body only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import io
 import json
+import logging
 import random
 import re
 import socket
@@ -37,6 +39,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backends.base import Backend
 
@@ -44,6 +47,7 @@ IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
 HF_DEFAULT_TOP_K = 5
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -177,7 +181,7 @@ def _base64(value: Any, where: str) -> bytes:
         raise RequestError(400, f"{where} must be a base64 string")
     try:
         return base64.b64decode(value, validate=True)
-    except binascii.Error as error:
+    except ValueError as error:  # binascii.Error, or a non-ASCII string
         raise RequestError(400, f"{where} is not valid base64: {error}") from error
 
 
@@ -186,13 +190,15 @@ def _json(body: bytes) -> Any:
         return json.loads(body)
     except ValueError as error:
         raise RequestError(400, f"the request body is not valid JSON: {error}") from error
+    except RecursionError:
+        raise RequestError(400, "the request body is JSON nested too deeply") from None
 
 
 def _uint8_tensor(tensor: dict, size: tuple[int, int], max_pixels: int) -> np.ndarray:
     """Images from an OIP UINT8 tensor of shape [N, H, W, 3] (data flat row-major or nested)."""
     shape = tensor.get("shape")
     if not (isinstance(shape, list) and len(shape) == 4 and shape[3] == 3
-            and all(isinstance(d, int) and d >= 0 for d in shape)):
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
         raise RequestError(400, f"a UINT8 input must have shape [N, H, W, 3], got {shape}")
     if shape[1] * shape[2] > max_pixels:
         raise RequestError(413, f"images of {shape[2]}x{shape[1]} pixels are over this server's limit of {max_pixels}")
@@ -223,6 +229,19 @@ def create_app(backend: Backend, name: str = "model", limits: Limits | None = No
         with state.lock:
             state.refused += 1
         return JSONResponse({"error": error.message}, status_code=error.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        """Unknown paths (404) and methods (405), in the same {"error": ...} shape as every other error."""
+        return JSONResponse({"error": f"{error.detail}: {request.method} {request.url.path}"},
+                            status_code=error.status_code, headers=getattr(error, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception) -> JSONResponse:
+        """A fault of the server or its model: logged here with its traceback, answered without it."""
+        log.error("%s %s failed", request.method, request.url.path, exc_info=error)
+        return JSONResponse({"error": "internal error in the model server; its log has the details"},
+                            status_code=500)
 
     def check_model(model: str) -> None:
         if model != name:
@@ -393,7 +412,9 @@ def create_app(backend: Backend, name: str = "model", limits: Limits | None = No
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (port 0: a free one); connections queue until uvicorn serves."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets that say
+    # they are TCP; with it on, each answer (headers, then body) waited ~40 ms for the client's delayed ACK
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
