@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -113,8 +114,12 @@ def add_fields(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
 
 
 def demo_config() -> RunConfig:
-    """Sized to finish in a few minutes on a 2-core CPU."""
-    return RunConfig(budget=3000, batch_size=16, grid=4, val=100, test=300, out=DEMO_OUT)
+    """The default method on the reference model and digits, sized for a few minutes on a 2-core CPU.
+
+    Each demo writes a new directory under bbvp-demo/, so running it again loses nothing.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return RunConfig(budget=2000, batch_size=16, grid=4, val=100, test=300, out=f"{DEMO_OUT}/{stamp}")
 
 
 def _registries() -> dict:

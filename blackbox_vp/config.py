@@ -36,13 +36,14 @@ class RunConfig:
     grid: int = option(8, "grid side g of the 'grid' parameterization (3*g*g dimensions)")
     dct_k: int = option(8, "low frequencies k per axis and channel of the 'dct' parameterization (3*k*k dimensions)")
     subspace_dim: int = option(100, "intrinsic dimension d of the 'subspace' parameterization (1 to 768)")
-    mapping: str = option("frequency", "output mapping from model labels to your classes (`bbvp list mappings`)")
+    mapping: str = option("linear", "output mapping from model labels to your classes (`bbvp list mappings`)")
     loss: str = option("ce", "loss on the mapped probabilities (`bbvp list losses`)")
-    optimizer: str = option("cma", "optimizer (`bbvp list optimizers`), or 'whitebox' for the gradient reference on "
+    optimizer: str = option("guided", "optimizer (`bbvp list optimizers`), or 'whitebox' for the gradient reference on "
                             "a local torch model")
     lr: float = option(0.05, "learning rate of the white-box reference (Adam on the prompt parameters)")
-    surrogate: str = option("surrogate", "local white-box backend whose gradient guides optimizers that take a "
-                            "prior (guided); 'none' for random directions only")
+    surrogate: str = option("auto", "local white-box backend whose gradient guides the guided optimizer: 'auto' takes "
+                            "EfficientNet-Lite1 when the backend answers with ImageNet labels, 'none' random "
+                            "directions only, or a backend name")
     budget: int = option(20000, "hard limit on images sent while learning (mapping + optimization + validation)")
     batch_size: int = option(32, "training images scored per candidate in one step (one minibatch for all)")
     mapping_images: int | None = option(None, "training images scored with the initial prompt to fit the output "

@@ -191,11 +191,18 @@ def resolve(config: RunConfig, canvas_size: tuple[int, int], splits: Splits, pla
 
 
 def surrogate_prior(config: RunConfig, prompt: Prompt, mapping: OutputMapping, splits: Splits, labels: list[str]):
-    """The local surrogate's gradient as a prior (costs no query); it must share the backend's labels."""
-    from backends.torch_classifier import TorchClassifierBackend
+    """The local surrogate's gradient as a prior (costs no query); it must share the backend's labels.
+
+    ``--surrogate auto`` takes the built-in ImageNet surrogate when the backend answers with the
+    ImageNet labels, and none (random directions only) otherwise.
+    """
+    from backends.torch_classifier import TorchClassifierBackend, imagenet_labels
     from blackbox_vp.surrogate import SurrogatePrior
 
-    surrogate = make_backend(config.surrogate, device=config.device)
+    name = config.surrogate
+    if name == "none" or (name == "auto" and list(labels) != imagenet_labels()):
+        return None
+    surrogate = make_backend("surrogate" if name == "auto" else name, device=config.device)
     if not isinstance(surrogate, TorchClassifierBackend):
         raise ValueError(f"--surrogate {config.surrogate} is not a local torch model; use 'surrogate' or 'none'")
     if list(surrogate.labels) != list(labels):
@@ -588,8 +595,7 @@ def _execute(config: RunConfig, backend: Backend | None, resuming: bool) -> RunR
         step_images = config.batch_size * optimizer.candidates_per_step
     plan = BudgetPlan(config, splits, step_images, head_stage=head is not None)
     config = resolve(config, canvas_size, splits, plan)
-    prior = (surrogate_prior(config, prompt, mapping, splits, list(model.labels))
-             if hasattr(optimizer, "prior") and config.surrogate != "none" else None)
+    prior = surrogate_prior(config, prompt, mapping, splits, list(model.labels)) if hasattr(optimizer, "prior") else None
 
     out = Path(config.out) if config.out else None
     state = None

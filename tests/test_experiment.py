@@ -24,6 +24,7 @@ test = 60
 
 [methods.cma]
 optimizer = "cma"
+mapping = "frequency"
 
 [methods."guided (ours)"]
 optimizer = "guided"

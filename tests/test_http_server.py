@@ -206,7 +206,7 @@ def test_bad_fault_and_limit_settings_are_refused():
 
 
 def run_config(**overrides) -> RunConfig:
-    settings = dict(backend="toy", data="digits", budget=1500, batch_size=8, grid=4, val=60, test=120, train=400,
+    settings = dict(backend="toy", optimizer="cma", mapping="frequency", data="digits", budget=1500, batch_size=8, grid=4, val=60, test=120, train=400,
                     quiet=True)
     return RunConfig(**(settings | overrides))
 

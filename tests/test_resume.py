@@ -20,10 +20,10 @@ from blackbox_vp.checkpoint import load_checkpoint
 from blackbox_vp.cli import main
 from blackbox_vp.journal import read_journal
 
-SETTINGS = dict(backend="toy", data="digits", budget=2000, batch_size=8, grid=4, val=60, test=120, train=400,
+SETTINGS = dict(backend="toy", optimizer="cma", mapping="frequency", data="digits", budget=2000, batch_size=8, grid=4, val=60, test=120, train=400,
                 quiet=True, seed=2)
 STEP_IMAGES = 15 * 8  # 48 dimensions -> CMA population 15, 8 images each
-CLI_FLAGS = ["--backend", "toy", "--budget", "2000", "--batch-size", "8", "--grid", "4", "--val", "60", "--test",
+CLI_FLAGS = ["--backend", "toy", "--optimizer", "cma", "--mapping", "frequency", "--budget", "2000", "--batch-size", "8", "--grid", "4", "--val", "60", "--test",
              "120", "--train", "400", "--quiet", "--seed", "2"]
 
 

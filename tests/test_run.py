@@ -9,7 +9,7 @@ from blackbox_vp import RunConfig, optimize
 
 
 def toy_config(**overrides) -> RunConfig:
-    settings = dict(backend="toy", data="digits", budget=3000, batch_size=8, grid=4, val=60, test=120,
+    settings = dict(backend="toy", optimizer="cma", mapping="frequency", data="digits", budget=3000, batch_size=8, grid=4, val=60, test=120,
                     train=400, quiet=True)
     settings.update(overrides)
     return RunConfig(**settings)
@@ -76,7 +76,7 @@ def test_budget_too_small_is_refused_before_any_query():
 @pytest.mark.slow
 def test_short_run_on_the_reference_model_counts_what_the_model_saw(reference, tmp_path):
     counter = CountingBackend(reference)
-    config = RunConfig(budget=400, batch_size=4, grid=2, val=20, test=20, train=100, mapping_images=60,
+    config = RunConfig(optimizer="cma", mapping="frequency", budget=400, batch_size=4, grid=2, val=20, test=20, train=100, mapping_images=60,
                        validations=1, quiet=True, out=str(tmp_path))
     result = optimize(config, backend=counter)
     assert counter.images_sent == result.queries_used + result.test_queries

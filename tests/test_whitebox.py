@@ -23,7 +23,7 @@ def tiny_backend(seed: int) -> TorchClassifierBackend:
 
 
 def config(**overrides) -> RunConfig:
-    settings = dict(optimizer="whitebox", data="digits", budget=4000, batch_size=32, grid=4, val=60, test=120,
+    settings = dict(optimizer="whitebox", mapping="frequency", data="digits", budget=4000, batch_size=32, grid=4, val=60, test=120,
                     train=400, lr=0.3, quiet=True)
     settings.update(overrides)
     return RunConfig(**settings)
