@@ -82,14 +82,31 @@ class Prompt(ABC):
         JPEG-decoded pixels if ``jpeg_quality`` is set) as an API receives them.
         """
         thetas = np.atleast_2d(thetas)
-        x = images_to_tensor(images)
-        out = np.empty((len(thetas) * len(images), *self.canvas_size, 3), dtype=np.uint8)
+        n = len(images)
+        out = np.empty((len(thetas) * n, *self.canvas_size, 3), dtype=np.uint8)
+        paste = self._paster(images) if isinstance(images, np.ndarray) and images.dtype == np.uint8 else None
+        x = None
         for p, theta in enumerate(thetas):
-            pixels = to_uint8_nhwc(self.compose(torch.as_tensor(theta, dtype=torch.float32), x))
+            block = out[p * n : (p + 1) * n]
+            theta = torch.as_tensor(theta, dtype=torch.float32)
+            if paste is None or not paste(theta, block):
+                if x is None:
+                    x = images_to_tensor(images)
+                block[...] = to_uint8_nhwc(self.compose(theta, x))
             if self.jpeg_quality is not None:
-                pixels = jpeg(pixels, self.jpeg_quality)
-            out[p * len(images) : (p + 1) * len(images)] = pixels
+                block[...] = jpeg(block, self.jpeg_quality)
         return out
+
+    def _paster(self, images: np.ndarray):
+        """A faster way to :meth:`apply` one candidate, or None where the prompt has none.
+
+        Where every composed pixel is either the user's pixel or the prompt's whatever the image, the
+        prompt's pixels are composed and rounded once per candidate, and both are copied as uint8
+        into the output, instead of composing every image in float. The pixels are the same as
+        :meth:`compose`'s, rounded; the callable returns False (use :meth:`compose`) when the
+        pattern is not finite, where the float path's pixels are not defined.
+        """
+        return None
 
     # White-box path -------------------------------------------------------------------------------
     def apply_differentiable(self, theta: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -106,6 +123,18 @@ class Prompt(ABC):
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, h, w, 3) -> float (N, 3, h, w) in [0, 255]."""
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+
+
+def rounded_hwc(pixels: torch.Tensor) -> np.ndarray | None:
+    """Float (3, h, w) pixels -> uint8 (h, w, 3), as :func:`to_uint8_nhwc` rounds them; None if one is not finite.
+
+    In numpy (clipping and rounding half to even are exact there as in torch): a few small torch
+    operations per candidate each wait for torch's thread pool, which is slow on a busy machine.
+    """
+    values = pixels.detach().cpu().numpy()
+    if not np.isfinite(values).all():
+        return None
+    return np.rint(np.clip(values, 0.0, 255.0)).astype(np.uint8).transpose(1, 2, 0)
 
 
 PROMPTS: Registry[Prompt] = Registry("prompt")
@@ -134,6 +163,33 @@ class FramedPrompt(Prompt):
         border[:, width : height - width, width : wide - width] = 0.0
         self.border = border
 
+    #: whether each composed pixel is either the image's (inside the border) or the prompt's (on it)
+    separable = True
+
+    def _paster(self, images: np.ndarray):
+        if not self.separable or images.shape[1:] != (*self.inner_size, 3):
+            return None
+        (h, w), b = self.canvas_size, self.width
+        interior = images if self.placement == "shrink" else images[:, b : h - b, b : w - b]
+        probe = torch.zeros(1, 3, *self.inner_size)  # any image gives the same border pixels
+
+        def paste(theta: torch.Tensor, block: np.ndarray) -> bool:
+            ring = rounded_hwc(self._frame(theta, probe))
+            if ring is None:
+                return False
+            block[:, :b] = ring[:b]
+            block[:, h - b :] = ring[h - b :]
+            block[:, b : h - b, :b] = ring[b : h - b, :b]
+            block[:, b : h - b, w - b :] = ring[b : h - b, w - b :]
+            block[:, b : h - b, b : w - b] = interior
+            return True
+
+        return paste
+
+    def _frame(self, theta: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
+        """(3, H, W) float pixels equal to the composed ones on the border (and not finite where they are not)."""
+        return self.compose(theta, probe)[0]
+
     def canvas(self, images: torch.Tensor) -> torch.Tensor:
         """The images on the canvas: grey-padded around (shrink) or as they are (overlay)."""
         if self.placement == "overlay":
@@ -155,6 +211,9 @@ class PaddingPrompt(FramedPrompt):
     def __init__(self, canvas_size: tuple[int, int] = (224, 224), *, width: int = 30, placement: str = "shrink",
                  parameterization: Parameterization | None = None, jpeg_quality: int | None = None):
         super().__init__(canvas_size, width, placement, parameterization, jpeg_quality)
+
+    def _frame(self, theta: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
+        return self.pattern(theta)  # compose's border: canvas * 0 + pattern * 1, exactly the pattern
 
     def compose(self, theta: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         border = self.border.to(images)
@@ -179,6 +238,10 @@ class FullFramePrompt(FramedPrompt):
         super().__init__(canvas_size, width, placement, parameterization, jpeg_quality)
         self.mask = self.border if placement == "shrink" else torch.ones(1, *self.canvas_size)
 
+    @property
+    def separable(self) -> bool:
+        return self.placement == "shrink"  # overlay adds the pattern to every pixel of the image
+
     def delta(self, theta: torch.Tensor) -> torch.Tensor:
         """The additive pattern, 255 tanh(x) in [-255, 255]: any pixel can reach any value."""
         return 2.0 * self.pattern(theta) - 255.0
@@ -201,6 +264,22 @@ class PatchPrompt(Prompt):
     @abstractmethod
     def positions(self, images: torch.Tensor) -> list[tuple[int, int]]:
         """The patch's top-left corner (row, column) on each image."""
+
+    def _paster(self, images: np.ndarray):
+        if images.shape[1:] != (*self.canvas_size, 3):
+            return None
+        corners, p = self.positions(images_to_tensor(images)), self.patch  # they depend on the images only
+
+        def paste(theta: torch.Tensor, block: np.ndarray) -> bool:
+            tile = rounded_hwc(self.pattern(theta))
+            if tile is None:
+                return False
+            block[...] = images
+            for i, (y, x) in enumerate(corners):
+                block[i, y : y + p, x : x + p] = tile
+            return True
+
+        return paste
 
     def compose(self, theta: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         pattern, p = self.pattern(theta), self.patch
