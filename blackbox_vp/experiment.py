@@ -224,12 +224,21 @@ def run_cell(config: RunConfig, threads: int) -> dict:
 
     from blackbox_vp.run import CHECKPOINT, optimize, resume
 
+    # building a local backend sets torch's threads again, from OMP_NUM_THREADS (else every core): set both
+    before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
     out = Path(config.out)
-    if (out / CHECKPOINT).exists():
-        result = resume(out, quiet=True, device=config.device)
-    else:
-        result = optimize(config)
+    try:
+        if (out / CHECKPOINT).exists():
+            result = resume(out, quiet=True, device=config.device)
+        else:
+            result = optimize(config)
+    finally:  # a cell run in this process (--jobs 1) or in a reused worker leaves the environment as it was
+        if before is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before
     return {"test_accuracy": result.test_accuracy, "val_accuracy": result.val_accuracy,
             "queries_used": result.queries_used, "seconds": result.seconds}
 
@@ -243,12 +252,28 @@ class Outcome:
     failed: dict[str, str]  # cell name -> error
 
 
-def run_experiment(experiment: Experiment, out: Path, jobs: int = 1, device: str = "cpu") -> Outcome:
-    """Run the unfinished cells (``jobs`` at a time), then write results.csv, summary.md and curves.png."""
+def _check_ray() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise ValueError("--ray needs Ray, an optional extra: pip install 'blackbox-vp[ray]'")
+
+
+def run_experiment(experiment: Experiment, out: Path, jobs: int = 1, device: str = "cpu", ray: str | None = None,
+                   ray_cpus: int = 1) -> Outcome:
+    """Run the unfinished cells (``jobs`` at a time), then write results.csv, summary.md and curves.png.
+
+    ``ray``: run the cells as Ray tasks instead, on the cluster at that address (``"auto"``,
+    ``"ray://head:10001"``, or ``"local"`` for a Ray started on this machine), ``ray_cpus`` CPUs each.
+    """
     import torch
 
     if jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    if ray is not None:
+        _check_ray()
+        if ray_cpus < 1:
+            raise ValueError(f"--ray-cpus must be at least 1, got {ray_cpus}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
     out = Path(out)
@@ -256,11 +281,12 @@ def run_experiment(experiment: Experiment, out: Path, jobs: int = 1, device: str
     check_cells_match(cells)
     todo = [cell for cell in cells if not is_finished(cell)]
     outcome = Outcome(ran=[], skipped=[cell.name for cell in cells if cell not in todo], failed={})
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = ray_cpus if ray is not None else max(1, (os.cpu_count() or 1) // jobs)
     out.mkdir(parents=True, exist_ok=True)
     (out / "experiment.toml").write_text(experiment.path.read_text(encoding="utf-8"), encoding="utf-8")
+    how = f"as Ray tasks on {ray}" if ray is not None else f"{jobs} at a time"
     print(f"{experiment.name}: {len(cells)} cells, {len(outcome.skipped)} finished, {len(todo)} to run "
-          f"({jobs} at a time, {threads} torch threads each) in {out}", flush=True)
+          f"({how}, {threads} torch threads each) in {out}", flush=True)
 
     def report(cell: Cell, run: dict) -> None:
         outcome.ran.append(cell.name)
@@ -272,7 +298,17 @@ def run_experiment(experiment: Experiment, out: Path, jobs: int = 1, device: str
         print(f"[{len(outcome.ran) + len(outcome.failed)}/{len(todo)}] {cell.name}: failed: "
               f"{outcome.failed[cell.name]}", file=sys.stderr, flush=True)
 
-    if jobs == 1:
+    if ray is not None:
+        if todo:
+            from blackbox_vp.ray_runner import iter_cells_on_ray
+
+            for cell, run, error in iter_cells_on_ray(todo, None if ray == "local" else ray, num_cpus=ray_cpus,
+                                                      threads=threads):
+                if error is None:
+                    report(cell, run)
+                else:
+                    fail(cell, error)
+    elif jobs == 1:
         for cell in todo:
             try:
                 report(cell, run_cell(cell.config, threads))
@@ -291,7 +327,7 @@ def run_experiment(experiment: Experiment, out: Path, jobs: int = 1, device: str
                     fail(futures[future], error)
         finally:  # after Ctrl-C, cells not yet started stay unstarted
             pool.shutdown(wait=True, cancel_futures=True)
-    write_outputs(experiment, cells, out, jobs, device)
+    write_outputs(experiment, cells, out, jobs, device, ray, ray_cpus)
     return outcome
 
 
@@ -458,7 +494,8 @@ def write_curves(rows: list[SummaryRow], path: Path, title: str) -> None:
     figure.savefig(path, dpi=120)
 
 
-def write_outputs(experiment: Experiment, cells: list[Cell], out: Path, jobs: int, device: str) -> None:
+def write_outputs(experiment: Experiment, cells: list[Cell], out: Path, jobs: int, device: str,
+                  ray: str | None = None, ray_cpus: int = 1) -> None:
     """results.csv, summary.md and curves.png from the finished cells."""
     results = collect(cells)
     rows = csv_rows(experiment, results)
@@ -467,7 +504,8 @@ def write_outputs(experiment: Experiment, cells: list[Cell], out: Path, jobs: in
         writer.writeheader()
         writer.writerows(rows)
     summary = summarize(results)
-    command = f"bbvp experiment {experiment.path} --out {out} --jobs {jobs} --device {device}"
+    how = f"--ray {ray} --ray-cpus {ray_cpus}" if ray is not None else f"--jobs {jobs}"
+    command = f"bbvp experiment {experiment.path} --out {out} {how} --device {device}"
     (out / "summary.md").write_text(summary_markdown(experiment, cells, results, summary, command), encoding="utf-8")
     write_curves(summary, out / "curves.png", experiment.name)
 
@@ -482,13 +520,19 @@ def add_experiment_parser(subparsers: argparse._SubParsersAction) -> None:
                         "a config in experiments/configs, else results/<config stem> beside the config)")
     parser.add_argument("--jobs", type=int, default=1, help="cells run at once, in separate processes (default: 1)")
     parser.add_argument("--device", default="cpu", help="torch device of local backends: cpu or cuda (default: cpu)")
+    parser.add_argument("--ray", metavar="ADDRESS", help="run the cells as Ray tasks (instead of --jobs) on the "
+                        "cluster at ADDRESS: auto, ray://head:10001, or local for a Ray on this machine; needs "
+                        "pip install 'blackbox-vp[ray]' and run directories that every node sees")
+    parser.add_argument("--ray-cpus", type=int, default=1, metavar="N",
+                        help="with --ray: CPUs each cell reserves, and its torch threads (default: 1)")
 
 
 def run_experiment_command(args: argparse.Namespace) -> int:
     """`bbvp experiment`: 0 when every cell finished, 1 when some failed (rerun to retry them)."""
     experiment = load_experiment(args.config)
     out = args.out or default_out(args.config)
-    outcome = run_experiment(experiment, out, jobs=args.jobs, device=args.device)
+    outcome = run_experiment(experiment, out, jobs=args.jobs, device=args.device, ray=args.ray,
+                             ray_cpus=args.ray_cpus)
     print(f"outputs in {Path(out).resolve()}: results.csv, summary.md, curves.png")
     if outcome.failed:
         print(f"{len(outcome.failed)} cells failed; rerun the same command to retry them", file=sys.stderr)

@@ -2,8 +2,9 @@
 
 Each cell is one :func:`blackbox_vp.experiment.run_cell` call (``optimize``, or ``resume`` from the
 cell's checkpoint when it has one) in a Ray task, so a cell on a cluster writes the same run
-directory, and is resumed the same way, as with ``bbvp experiment --jobs N`` on one machine. Ray is
-an optional extra (``pip install -e '.[ray]'``); this module imports it only when called.
+directory, and is resumed the same way, as with ``bbvp experiment --jobs N`` on one machine
+(``bbvp experiment CONFIG --ray ADDRESS --ray-cpus N`` runs a grid's cells this way). Ray is an
+optional extra (``pip install -e '.[ray]'``); this module imports it only when called.
 
 Requirements on a real cluster: every node has this project and its dependencies installed (or
 pass ``runtime_env`` in ``init``), and the run directories are on a filesystem every node sees
