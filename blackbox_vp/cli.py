@@ -108,7 +108,10 @@ def build_parser(settings: dict | None = None) -> argparse.ArgumentParser:
 def add_fields(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
     """--flags for the named RunConfig fields, with their types, defaults and help lines."""
     for f in fields(RunConfig):
-        if f.name in names:
+        if f.name in names and field_type(f.type) is bool:  # --x/--no-x, as in add_run_options
+            parser.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction,
+                                default=f.default, help=f.metadata["help"])
+        elif f.name in names:
             parser.add_argument("--" + f.name.replace("_", "-"), type=field_type(f.type), default=f.default,
                                 help=f.metadata["help"])
 

@@ -60,8 +60,12 @@ class RunConfig:
                                 "line, a JSON list, or TorchServe's index_to_name.json")
     token_env: str | None = option(None, "environment variable holding the API token of a --backend URL "
                                    "(never printed or saved)")
+    token_file: str | None = option(None, "file holding the API token of a --backend URL, mode 0600; never printed "
+                                    "or saved")
     token_header: str = option("Authorization", "header carrying the token: Authorization gets 'Bearer TOKEN', "
                                "any other header the raw token")
+    tls_verify: bool = option(True, "verify the TLS certificate of an https --backend URL; --no-tls-verify turns it "
+                              "off, with a warning")
     rate_limit: float | None = option(None, "at most this many requests per second to a --backend URL")
     image_rate_limit: float | None = option(None, "at most this many images per second to a --backend URL")
     cost_per_image: float = option(0.0, "price of one image answered by a --backend URL; result.json reports the cost")

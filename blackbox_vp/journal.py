@@ -10,6 +10,9 @@ Each line has an ``event``:
   ``train_accuracy`` (mean over the step's candidates on its minibatch), ``val_accuracy`` (null
   unless validated at this step), ``step_size``, ``seconds`` (this step) and ``elapsed`` (the run);
 - ``retry`` (a query that needed retries, with their count) and ``error`` (a query that failed);
+- ``http_failure``, one per failed attempt of an HTTP backend built from a ``--backend`` URL (the
+  client's ``on_failure`` event: ``url``, ``attempt``, ``max_attempts``, ``images``, ``status``,
+  ``error`` with the token masked, ``retry``, ``seconds``);
 - ``validation_skipped``: after a resume, the images counted twice left no room for a validation;
 - ``interrupted`` and ``end``.
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,22 +62,26 @@ class Journal:
         self.path = path
         self.echo = echo
         self._file = None if path is None else open(path, "a" if append else "w", encoding="utf-8")
+        self._lock = threading.Lock()  # an HTTP backend's failure hook writes from its event-loop thread
 
     def write(self, event: str, durable: bool = False, **fields: object) -> None:
-        """One line; ``durable`` waits until it is on disk (fsync), not only handed to the system."""
+        """One line; ``durable`` waits until it is on disk (fsync), not only handed to the system. Thread-safe;
+        a no-op after :meth:`close`."""
         line = json.dumps(json_safe({"event": event, **fields}))
-        if self._file is not None:
-            self._file.write(line + "\n")
-            self._file.flush()
-            if durable:
-                os.fsync(self._file.fileno())
+        with self._lock:
+            if self._file is not None:
+                self._file.write(line + "\n")
+                self._file.flush()
+                if durable:
+                    os.fsync(self._file.fileno())
         if self.echo is not None and event == "step":
             print(line, file=self.echo, flush=True)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
 
 def read_journal(path: Path) -> list[dict]:

@@ -39,7 +39,7 @@ import torch
 from tqdm import tqdm
 
 from backends import Backend, CountingBackend, make_backend
-from backends.http import HTTP_OPTIONS
+from backends.http import HTTP_OPTIONS, is_url
 from blackbox_vp.checkpoint import load_checkpoint, save_checkpoint
 from blackbox_vp.config import RunConfig, read_config, write_config
 from blackbox_vp.data import Splits, load_task, split
@@ -571,11 +571,47 @@ def resume(out: str | Path, backend: Backend | None = None, **changes: object) -
     return _execute(config, backend, resuming=True)
 
 
+class FailureLog:
+    """The ``on_failure`` hook of an HTTP backend built from a URL: each failed attempt becomes an
+    ``http_failure`` journal line. Events that come before the journal exists (the backend's metadata
+    requests) wait in a buffer until :meth:`attach`. Called from the client's event-loop thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._journal: Journal | None = None
+        self._pending: list[dict] = []
+
+    def __call__(self, event: dict) -> None:
+        fields = {key: value for key, value in event.items() if key != "event"}
+        with self._lock:
+            if self._journal is None:
+                self._pending.append(fields)
+                return
+        self._journal.write("http_failure", **fields)
+
+    def attach(self, journal: Journal) -> None:
+        with self._lock:
+            self._journal, pending, self._pending = journal, self._pending, []
+        for fields in pending:
+            journal.write("http_failure", **fields)
+
+
 def _execute(config: RunConfig, backend: Backend | None, resuming: bool) -> RunResult:
     """Build everything and check it before the first query; then run (or resume) the phases."""
     config.check()
-    model = backend or make_backend(config.backend, device=config.device,
-                                    **{name: getattr(config, name) for name in HTTP_OPTIONS})
+    failures = FailureLog() if backend is None and is_url(config.backend) else None
+    http_options = {name: getattr(config, name) for name in HTTP_OPTIONS}
+    if failures is not None:
+        http_options["on_failure"] = failures
+    model = backend or make_backend(config.backend, device=config.device, **http_options)
+    try:
+        return _build_and_run(config, model, failures, resuming)
+    finally:
+        if backend is None:
+            model.close()  # an HTTP backend's connections and event loop thread, also when a check failed
+
+
+def _build_and_run(config: RunConfig, model: Backend, failures: FailureLog | None, resuming: bool) -> RunResult:
     canvas_size = tuple(model.image_size)
     prompt = build_prompt(config, canvas_size)
     splits = load_splits(config, prompt)
@@ -620,6 +656,8 @@ def _execute(config: RunConfig, backend: Backend | None, resuming: bool) -> RunR
 
     lost = count_lost_images(state, out / JOURNAL) if resuming else 0
     journal = Journal(out / JOURNAL if out else None, echo=sys.stdout if config.jsonl else None, append=resuming)
+    if failures is not None:
+        failures.attach(journal)
     try:
         if resuming:
             journal.write("resume", time=now(), phase=state.phase, step=state.steps, images_lost=lost,
@@ -632,8 +670,6 @@ def _execute(config: RunConfig, backend: Backend | None, resuming: bool) -> RunR
             return Run(config, model, prompt, splits, plan, loss_fn, state, out, journal, stop).execute()
     finally:
         journal.close()
-        if backend is None:
-            model.close()  # an HTTP backend's connections and event loop thread
 
 
 def count_lost_images(state: RunState, journal: Path) -> int:

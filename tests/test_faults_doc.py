@@ -1,5 +1,5 @@
-"""Every test that 'What happens when things go wrong' names exists (README.md's section, or its draft
-backends/http/FAULTS.md), so that no line of it is backed by a test that was renamed or removed."""
+"""Every test that README.md's section 'What happens when things go wrong' names exists, so that no
+line of it is backed by a test that was renamed or removed."""
 
 import re
 import subprocess
@@ -18,10 +18,8 @@ CASES = {"recover": "faults::test_retryable_faults_recover_to_the_clean_scores_w
 
 def section() -> str:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    if HEADING in readme:
-        text = readme.split(HEADING, 1)[1]
-        return text.split("\n## ", 1)[0]
-    return (ROOT / "backends/http/FAULTS.md").read_text(encoding="utf-8")
+    assert HEADING in readme, f"README.md has no section {HEADING!r}"
+    return readme.split(HEADING, 1)[1].split("\n## ", 1)[0]
 
 
 def named_tests(text: str) -> set[str]:

@@ -10,13 +10,11 @@ from __future__ import annotations
 from backends.http.client import FailureHook, HTTPBackend, InsecureTLSWarning, read_token_file
 from backends.http.codecs import FORMATS, load_labels
 
-HTTP_OPTIONS = ("format", "labels", "token_env", "token_header", "rate_limit", "image_rate_limit",
-                "cost_per_image", "http_max_batch", "http_concurrency", "http_timeout", "http_attempts")
-"""The run options (``RunConfig`` fields) that configure an HTTP backend."""
-
-HTTP_OPTIONS_PENDING = ("token_file", "tls_verify")
-"""Further arguments of :func:`make_http_backend` that are not ``RunConfig`` fields yet: once they are
-(``--token-file PATH``, ``--tls-verify``/``--no-tls-verify`` or a CA bundle path), they join ``HTTP_OPTIONS``."""
+HTTP_OPTIONS = ("format", "labels", "token_env", "token_file", "token_header", "tls_verify", "rate_limit",
+                "image_rate_limit", "cost_per_image", "http_max_batch", "http_concurrency", "http_timeout",
+                "http_attempts")
+"""The run options (``RunConfig`` fields) that configure an HTTP backend. ``tls_verify`` is a switch there
+(``--tls-verify``/``--no-tls-verify``); a CA bundle path is an argument of :func:`make_http_backend` only."""
 
 
 def is_url(name: str) -> bool:
@@ -40,5 +38,5 @@ def make_http_backend(url: str, format: str = "bbvp", labels: str | None = None,
                        on_failure=on_failure)
 
 
-__all__ = ["FORMATS", "HTTP_OPTIONS", "HTTP_OPTIONS_PENDING", "FailureHook", "HTTPBackend", "InsecureTLSWarning",
+__all__ = ["FORMATS", "HTTP_OPTIONS", "FailureHook", "HTTPBackend", "InsecureTLSWarning",
            "is_url", "load_labels", "make_http_backend", "read_token_file"]
