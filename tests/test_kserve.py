@@ -1,0 +1,83 @@
+"""Against a server nobody here wrote: KServe's ModelServer serves the toy model over OIP V2.
+
+The server runs in a subprocess (tests/kserve_toy_server.py). KServe binds all interfaces; this test
+only ever connects to 127.0.0.1.
+"""
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+kserve = pytest.importorskip("kserve")
+
+from backends.http import HTTPBackend  # noqa: E402
+from backends.toy import ToyBackend  # noqa: E402
+from blackbox_vp import RunConfig, optimize  # noqa: E402
+
+SERVER = Path(__file__).with_name("kserve_toy_server.py")
+
+
+class Float32Toy(ToyBackend):
+    """The toy model as the client sees it through KServe: scores rounded to FP32, labels "0".."19"."""
+
+    def __init__(self):
+        super().__init__()
+        self.labels = [str(i) for i in range(len(self.labels))]
+
+    def _query_batch(self, images: np.ndarray) -> np.ndarray:
+        return super()._query_batch(images).astype(np.float32).astype(np.float64)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_config() -> RunConfig:
+    return RunConfig(backend="toy", optimizer="cma", mapping="frequency", data="digits", budget=1500, batch_size=8,
+                     grid=4, val=60, test=120, train=400, quiet=True)
+
+
+def test_a_run_against_kserve_modelserver_equals_the_local_run_and_is_counted(tmp_path):
+    port, count_file = free_port(), tmp_path / "served"
+    log = (tmp_path / "server.log").open("wb")  # a file, not a pipe: KServe logs every request
+    server = subprocess.Popen([sys.executable, str(SERVER), str(port), str(count_file)],
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, f"KServe server exited: {(tmp_path / 'server.log').read_text()[-2000:]}"
+            try:
+                if httpx.get(f"{base}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "KServe server not ready within 60 s"
+            time.sleep(0.2)
+        model = HTTPBackend(f"{base}/v2/models/toy", "oip-v2", image_size=(64, 64))
+        try:
+            # KServe's metadata has no label or size parameters: labels "0".."K-1", the size given here
+            assert model.labels == [str(i) for i in range(20)] and model.image_size == (64, 64)
+            result = optimize(run_config(), backend=model)
+        finally:
+            model.close()
+        assert result.queries_used <= 1500
+        assert int(count_file.read_text()) == result.queries_used + result.test_queries
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+    expected = optimize(run_config(), backend=Float32Toy())
+    assert result.history == expected.history and result.test_accuracy == expected.test_accuracy
