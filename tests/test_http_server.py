@@ -13,7 +13,6 @@ import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import fields
 
 import httpx
 import numpy as np
@@ -243,15 +242,6 @@ def test_a_run_over_the_bbvp_protocol_equals_the_local_run():
     assert result.history == expected.history and result.test_accuracy == expected.test_accuracy
 
 
-def _cli_has_serve_and_http_options() -> bool:
-    from blackbox_vp.cli import build_parser
-
-    commands = build_parser()._subparsers._group_actions[0].choices
-    return "serve" in commands and "format" in {f.name for f in fields(RunConfig)}
-
-
-@pytest.mark.skipif(not _cli_has_serve_and_http_options(),
-                    reason="enable once `bbvp serve` and the --format run option are wired into the CLI (issue 5)")
 def test_bbvp_serve_subprocess_and_an_optimize_run_against_it(tmp_path):
     """CI check of issue 5: `bbvp serve` in a subprocess, `bbvp optimize --backend URL --format oip-v2`."""
     bbvp = [sys.executable, "-m", "blackbox_vp.cli"]
