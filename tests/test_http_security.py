@@ -4,11 +4,10 @@ and a reference server that answers malformed requests with a 4xx JSON error, ne
 import base64
 import inspect
 import io
+import ipaddress
 import json
 import logging
 import os
-import shutil
-import subprocess
 import traceback
 
 import httpx
@@ -210,16 +209,35 @@ def test_a_token_over_plain_http_to_another_host_is_warned(monkeypatch, caplog):
 
 # --- TLS ------------------------------------------------------------------------------------------
 
+def self_signed_certificate(folder) -> tuple:
+    """A one-day EC key and self-signed certificate for 127.0.0.1, written as PEM files: (key, cert)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    private_key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                   .public_key(private_key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                  critical=False)
+                   .sign(private_key, hashes.SHA256()))
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    key.write_bytes(private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return key, cert
+
+
 @pytest.fixture(scope="module")
 def https_server(tmp_path_factory):
     """The reference server over TLS on 127.0.0.1 with a fresh self-signed certificate: (URL, cert file)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command to make a certificate")
-    folder = tmp_path_factory.mktemp("tls")
-    key, cert = folder / "key.pem", folder / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                    "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    key, cert = self_signed_certificate(tmp_path_factory.mktemp("tls"))
     with running(create_app(TOY, "toy"), ssl_keyfile=str(key), ssl_certfile=str(cert)) as url:
         yield url, cert
 
