@@ -26,7 +26,7 @@ class RunConfig:
     prompt: str = option("padding", "prompt type (`bbvp list prompts`)")
     placement: str = option("shrink", "padding and full-frame prompts: 'shrink' resizes your image into the region "
                             "inside the border, 'overlay' keeps it full size under the prompt")
-    width: int | None = option(None, "border width in pixels of the padding and full-frame prompts (default: 30 at "
+    width: int | None = option(None, "border width in pixels of the padding and full-frame prompts (default: 32 at "
                                "224, scaled to the model's input)")
     patch: int | None = option(None, "side in pixels of the fixed-patch and random-patch prompts (default: 48 at 224, "
                                "scaled to the model's input)")

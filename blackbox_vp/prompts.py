@@ -208,7 +208,7 @@ class PaddingPrompt(FramedPrompt):
 
     name = "padding"
 
-    def __init__(self, canvas_size: tuple[int, int] = (224, 224), *, width: int = 30, placement: str = "shrink",
+    def __init__(self, canvas_size: tuple[int, int] = (224, 224), *, width: int = 32, placement: str = "shrink",
                  parameterization: Parameterization | None = None, jpeg_quality: int | None = None):
         super().__init__(canvas_size, width, placement, parameterization, jpeg_quality)
 
@@ -233,7 +233,7 @@ class FullFramePrompt(FramedPrompt):
 
     name = "full-frame"
 
-    def __init__(self, canvas_size: tuple[int, int] = (224, 224), *, width: int = 30, placement: str = "shrink",
+    def __init__(self, canvas_size: tuple[int, int] = (224, 224), *, width: int = 32, placement: str = "shrink",
                  parameterization: Parameterization | None = None, jpeg_quality: int | None = None):
         super().__init__(canvas_size, width, placement, parameterization, jpeg_quality)
         self.mask = self.border if placement == "shrink" else torch.ones(1, *self.canvas_size)

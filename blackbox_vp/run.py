@@ -108,9 +108,9 @@ class RunInterrupted(KeyboardInterrupt):
 
 # Building a run from its configuration --------------------------------------------------------------
 def prompt_sizes(config: RunConfig, canvas_size: tuple[int, int]) -> tuple[int, int]:
-    """Border width and patch side: as configured, else 30 and 48 pixels at 224 scaled to the canvas."""
+    """Border width and patch side: as configured, else 32 and 48 pixels at 224 scaled to the canvas."""
     scale = min(canvas_size) / 224
-    width = config.width if config.width is not None else round(30 * scale)
+    width = config.width if config.width is not None else round(32 * scale)
     patch = config.patch if config.patch is not None else round(48 * scale)
     return width, patch
 
