@@ -2,7 +2,9 @@
 
 :class:`HTTPBackend` keeps a plain synchronous :meth:`query`; underneath, an asyncio loop on a daemon
 thread owns one ``httpx.AsyncClient`` and sends the requests of one call concurrently (at most
-``concurrency`` at a time). The only network boundary is that client's transport, which tests
+``concurrency`` at a time). Images are encoded on one worker thread while earlier requests are in
+flight (PIL and zlib release the GIL), so encoding overlaps the network wait instead of preceding it;
+one worker keeps the requests in the call's order. The only network boundary is that client's transport, which tests
 replace with ``httpx.MockTransport``.
 
 Secrets: the token comes from an environment variable (``token_env``) or a file only its owner can
@@ -15,6 +17,7 @@ warns (:class:`InsecureTLSWarning`).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import math
@@ -276,6 +279,7 @@ class HTTPBackend(Backend):
                 log.warning("the API token goes to %s over plain http, readable on the way; use https", self.url)
         tls = self._tls(verify)
         self._loop = _LoopThread(name=f"bbvp-http {self.url}")
+        self._encoder = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="bbvp-encode")
         self._client = httpx.AsyncClient(
             headers=headers, transport=transport, follow_redirects=False, verify=tls,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
@@ -365,15 +369,13 @@ class HTTPBackend(Backend):
         if len(images) == 0:
             return np.zeros((0, self.num_labels))
         chunks = [images[start : start + self.max_batch] for start in range(0, len(images), self.max_batch)]
-        calls = [self.codec.encode(chunk, self.labels) for chunk in chunks]  # encoded here, off the loop
-        parts = self._loop.run(self._score_all(calls, [len(chunk) for chunk in chunks]))
-        return np.concatenate(parts, axis=0)
+        return np.concatenate(self._loop.run(self._score_all(chunks)), axis=0)
 
     def _query_batch(self, images: np.ndarray) -> np.ndarray:
         return self.query(images)
 
-    async def _score_all(self, calls: list[Call], counts: list[int]) -> list[np.ndarray]:
-        tasks = [asyncio.ensure_future(self._score(call, count)) for call, count in zip(calls, counts)]
+    async def _score_all(self, chunks: list[np.ndarray]) -> list[np.ndarray]:
+        tasks = [asyncio.ensure_future(self._score(chunk)) for chunk in chunks]
         try:
             return list(await asyncio.gather(*tasks))
         except BaseException:
@@ -382,7 +384,10 @@ class HTTPBackend(Backend):
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
-    async def _score(self, call: Call, count: int) -> np.ndarray:
+    async def _score(self, chunk: np.ndarray) -> np.ndarray:
+        """Encode ``chunk`` on the encoder thread (in call order), send it, decode and check the scores."""
+        count = len(chunk)
+        call = await asyncio.get_running_loop().run_in_executor(self._encoder, self.codec.encode, chunk, self.labels)
         payload = await self._request(call, count)
         try:
             scores = self.codec.decode(payload, count, self.labels)
@@ -524,6 +529,7 @@ class HTTPBackend(Backend):
             return
         self._loop.run(self._client.aclose())
         self._loop.close()
+        self._encoder.shutdown(wait=True)
 
     def __repr__(self) -> str:
         return f"HTTPBackend({self.url!r}, format={self.format!r})"
