@@ -197,7 +197,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from backends import make_backend
     from blackbox_vp.data import load_task, split
     from blackbox_vp.prompt_file import load_prompt
-    from blackbox_vp.run import default_split_sizes
+    from blackbox_vp.run_setup import default_split_sizes
     from blackbox_vp.scoring import evaluate
 
     prompt, theta, mapping, metadata = load_prompt(args.prompt)

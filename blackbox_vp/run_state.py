@@ -1,0 +1,72 @@
+"""The state of a run in progress: what a checkpoint pickles whole, so that a resumed run goes on
+exactly where it was (see :mod:`blackbox_vp.run`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from blackbox_vp.journal import Ledger
+from blackbox_vp.mappings import OutputMapping
+from blackbox_vp.optimizers import Optimizer
+from blackbox_vp.scoring import ScoreBuffer
+from blackbox_vp.whitebox import Whitebox
+
+
+@dataclass
+class Selection:
+    """The best (prompt, mapping) pair on the validation split so far, and every validation."""
+
+    best_theta: np.ndarray | None = None
+    best_mapping: OutputMapping | None = None
+    best_val: float = -1.0
+    baseline_val: float | None = None  # the initial prompt's, with the mapping it is finally judged with
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class FinalScores:
+    """The test split's scores, taken once at the end."""
+
+    baseline_accuracy: float
+    accuracy: float
+    predicted: np.ndarray  # classes of the first EXAMPLE_IMAGES test images, for examples.png
+
+
+@dataclass
+class StepRecord:
+    """A step taken whose validation (if due), journal line and checkpoint are still to come."""
+
+    loss: float
+    train_accuracy: float
+    seconds: float
+    validate: bool
+
+
+@dataclass
+class RunState:
+    """Everything a run changes as it goes; the checkpoint pickles it whole."""
+
+    config: dict  # the resolved settings it was made with; a resume checks config.toml against them
+    phase: str  # what comes next: "mapping", "baseline" (validation), "optimization", "head", "test" or "done"
+    rng: np.random.Generator  # mapping images and minibatches
+    optimizer: Optimizer | Whitebox  # with its own random state
+    mapping: OutputMapping  # refitting mappings change in place
+    buffer: ScoreBuffer
+    ledger: Ledger  # images and seconds per phase, last journal "send" id
+    prior_rng: np.random.Generator | None = None  # the surrogate prior's minibatches (guided)
+    initial_mapping: OutputMapping | None = None
+    head: OutputMapping | None = None  # a mapping searched with another one, refitted on the chosen prompt
+    initial_head: OutputMapping | None = None
+    baseline_val_scores: torch.Tensor | None = None  # the initial prompt's validation scores, kept for the head
+    selection: Selection = field(default_factory=Selection)
+    next_validation: float = 0.0
+    steps: int = 0
+    pending: StepRecord | None = None  # set between a step and its journal line
+    seconds: float = 0.0  # wall time until the last checkpoint, over every session
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (images used, step loss), for curve.png
+    images_lost: int = 0
+    resumes: int = 0
+    test: FinalScores | None = None
