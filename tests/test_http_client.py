@@ -127,6 +127,28 @@ def test_one_image_formats_send_concurrently_within_the_limit(images):
         model.close()
 
 
+def test_requests_leave_in_the_calls_order_while_images_are_encoded_alongside():
+    # Images are encoded on a worker thread while earlier requests are in flight; one image per
+    # request and four in flight, the server still receives them in the order of the call.
+    arrived = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        image = decode(json.loads(request.content)["inputs"])
+        arrived.append(int(image[0, 0, 0]))
+        await asyncio.sleep(0.005)
+        scores = TOY.query(image[None])[0]
+        return httpx.Response(200, json=[{"label": label, "score": float(s)} for label, s in zip(TOY.labels, scores)])
+
+    batch = np.zeros((40, 16, 16, 3), dtype=np.uint8) + np.arange(40, dtype=np.uint8)[:, None, None, None]
+    model = HTTPBackend(URL + "/models/toy", "hf-image-classification", labels=TOY.labels, image_size=(16, 16),
+                        concurrency=4, transport=httpx.MockTransport(handle))
+    try:
+        np.testing.assert_allclose(model.query(batch), TOY.query(batch))
+        assert arrived == list(range(40))
+    finally:
+        model.close()
+
+
 def test_retryable_statuses_and_connection_errors_are_retried(images):
     answers = [httpx.Response(503), httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), httpx.Response(429),
                httpx.Response(502)]
