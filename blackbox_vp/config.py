@@ -47,7 +47,8 @@ class RunConfig:
     budget: int = option(20000, "hard limit on images sent while learning (mapping + optimization + validation)")
     batch_size: int = option(32, "training images scored per candidate in one step (one minibatch for all)")
     mapping_images: int | None = option(None, "training images scored with the initial prompt to fit the output "
-                                        "mapping (default: 10%% of the budget, at most the training set)")
+                                        "mapping (default: a quarter of the budget, at least the validation split, at most "
+                                        "the training set)")
     validations: int | None = option(None, "validation passes spread evenly over the run, the best prompt is kept "
                                      "(default: as many as fit in 20%% of the budget, 1 to 10)")
     train: int | None = option(None, "training images (default: up to 1000 after val and test)")
