@@ -12,6 +12,16 @@ def test_digits_are_upsampled_rgb_with_ten_classes():
     assert np.all(digits.images[..., 0] == digits.images[..., 2])  # grey
 
 
+def test_digits_are_white_ink_on_black_in_nearest_pixel_blocks_as_in_the_calibration():
+    from sklearn.datasets import load_digits
+
+    digits = load_task("digits", (160, 160))  # the inner size of the default 32-pixel border at 224
+    source = load_digits().images
+    blocks = digits.images[:, ::20, ::20, 0]  # one pixel of each 20x20 block
+    np.testing.assert_array_equal(blocks, np.round(source * 255 / 16).astype(np.uint8))  # white ink, black paper
+    np.testing.assert_array_equal(digits.images[:, 19::20, 19::20, 0], blocks)  # each block is one flat colour
+
+
 def test_squares_label_is_count_minus_one_and_deterministic():
     a = load_squares((36, 36), seed=3, count=50)
     b = load_squares((36, 36), seed=3, count=50)
