@@ -243,6 +243,8 @@ class Run:
         if accuracy > selection.best_val:
             selection.best_theta, selection.best_val = np.array(theta, copy=True), accuracy
             selection.best_mapping = copy.deepcopy(state.mapping)
+        if accuracy > selection.searched_val and not np.array_equal(theta, self.prompt.initial()):
+            selection.searched_theta, selection.searched_val = np.array(theta, copy=True), accuracy
         return accuracy, scores
 
     def step(self, batch: np.ndarray) -> tuple[float, float]:
@@ -312,29 +314,33 @@ class Run:
         self.checkpoint()
 
     def refit_head(self) -> None:
-        """Fit the head on the chosen prompt's own scores; keep it only if it beats the initial prompt's head.
+        """Fit the head on the best searched prompt's own scores; keep it only if it beats the initial prompt's head.
 
-        The initial prompt's head was fitted on the mapping images, and its validation scores were
-        kept, so judging it costs nothing; the chosen prompt costs a fresh pass over as many training
-        images and one validation (reserved in the budget plan).
+        The searched prompt is the best on validation under the search's mapping, the initial prompt
+        excluded: a prompt that the frequency mapping ranks below grey may still give the head better
+        features, and the head's own validation decides. The initial prompt's head was fitted on the
+        mapping images, and its validation scores were kept, so judging it costs nothing; the searched
+        prompt costs a fresh pass over as many training images and one validation (reserved in the
+        budget plan).
         """
         state, selection, train, val = self.state, self.state.selection, self.splits.train, self.splits.val
         if state.head is not None:
             selection.baseline_val = mapped_accuracy(state.initial_head, state.baseline_val_scores, val.labels)
             theta, mapping, best_val = self.prompt.initial(), state.initial_head, selection.baseline_val
-            if not np.array_equal(selection.best_theta, theta):
+            searched = selection.searched_theta
+            if searched is not None:
                 with state.ledger.during("mapping"):
                     chosen = state.rng.choice(len(train), size=self.plan.mapping, replace=False)
-                    scores = score_all(self.learning, self.prompt, selection.best_theta, train.images[chosen])
+                    scores = score_all(self.learning, self.prompt, searched, train.images[chosen])
                     head = copy.deepcopy(state.head).fit(scores, torch.from_numpy(train.labels[chosen]),
                                                          len(train.classes))
                 with state.ledger.during("validation"):
-                    val_scores = score_all(self.learning, self.prompt, selection.best_theta, val.images)
+                    val_scores = score_all(self.learning, self.prompt, searched, val.images)
                 accuracy = mapped_accuracy(head, val_scores, val.labels)
                 selection.history.append({"images": self.learning.images_sent, "step": state.steps,
                                           "val_accuracy": accuracy, "loss": None, "head": True})
                 if accuracy > best_val:
-                    theta, mapping, best_val = selection.best_theta, head, accuracy
+                    theta, mapping, best_val = searched, head, accuracy
             selection.best_theta, selection.best_mapping, selection.best_val = theta, mapping, best_val
         state.phase = "test"
         self.show()

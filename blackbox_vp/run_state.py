@@ -23,6 +23,8 @@ class Selection:
     best_mapping: OutputMapping | None = None
     best_val: float = -1.0
     baseline_val: float | None = None  # the initial prompt's, with the mapping it is finally judged with
+    searched_theta: np.ndarray | None = None  # the best prompt the search produced (the initial one excluded)
+    searched_val: float = -1.0
     history: list[dict] = field(default_factory=list)
 
 

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from backends import CountingBackend
+from backends import BackendWrapper, CountingBackend
 from backends.toy import ToyBackend
 from blackbox_vp import RunConfig, optimize
 
@@ -46,6 +46,32 @@ def test_budget_is_spent_on_mapping_validation_and_steps_as_planned():
     assert result.queries_used == 400 + validations * 60 + steps_images  # mapping: 25% of the budget, at most train
     assert 3000 - result.queries_used < 15 * 8 + 60  # less than one step and one validation left unspent
     assert result.history[-1]["step"] == result.steps  # the last prompt was validated
+
+
+class BorderBlind(BackendWrapper):
+    """The toy model behind a mask that paints the border one colour: every prompt scores like grey."""
+
+    def query(self, images: np.ndarray) -> np.ndarray:
+        images, border = images.copy(), 9  # the default border at the toy's 64x64: round(32 * 64 / 224)
+        for edge in (np.s_[:, :border], np.s_[:, -border:], np.s_[:, :, :border], np.s_[:, :, -border:]):
+            images[edge] = 0
+        return self.inner.query(images)
+
+
+@pytest.mark.parametrize("blind", [False, True])
+def test_the_head_is_refitted_on_the_best_searched_prompt_and_kept_only_if_it_wins_on_validation(blind):
+    # Blind: no prompt beats grey under the frequency mapping, yet the head is still tried on the best
+    # searched prompt (the images were reserved for it); it ties, so the grey prompt stays.
+    backend = BorderBlind(ToyBackend()) if blind else ToyBackend()
+    result = optimize(toy_config(mapping="linear", budget=4000), backend=backend)
+    heads = [h for h in result.history if h.get("head")]
+    assert len(heads) == 1
+    assert result.phases["mapping"]["images"] == 2 * 400  # the grey prompt's head, then the searched prompt's
+    grey = result.baseline_val_accuracy
+    assert result.val_accuracy == max(grey, heads[0]["val_accuracy"])
+    kept_grey = bool(np.array_equal(result.theta, np.zeros_like(result.theta)))
+    assert kept_grey == (result.val_accuracy == grey)
+    assert kept_grey or not blind
 
 
 def test_the_same_seed_gives_the_same_run_and_another_seed_does_not():
