@@ -104,7 +104,7 @@ class StepPath:
 
     def __init__(self, backend, optimizer: str, batch: int, seed: int, journal_path: Path):
         size = tuple(backend.image_size)
-        width = round(30 * min(size) / 224)
+        width = round(32 * min(size) / 224)
         self.prompt = PaddingPrompt(size, width=width, parameterization=PARAMETERIZATIONS.get("grid")(size, grid=8))
         rng = np.random.default_rng(seed)
         self.images = rng.integers(0, 256, (batch, *self.prompt.inner_size, 3), dtype=np.uint8)
@@ -198,7 +198,7 @@ def timed(function) -> float:
 
 def bench_local(args: argparse.Namespace) -> dict:
     heading(f"local: whole step vs bare forward, EfficientNet-Lite0 on {args.device} "
-            f"(optimizer {args.local_optimizer}, prompt padding 30 px, grid 8; {args.rounds} rounds, alternated)")
+            f"(optimizer {args.local_optimizer}, prompt padding 32 px at 224, grid 8; {args.rounds} rounds, alternated)")
     precisions = ["fp32", "bf16"] if args.device.startswith("cuda") else args.precisions or (
         ["fp32", "bf16"] if cpu_has_bf16() else ["fp32"])
     per_image = {}
