@@ -157,7 +157,7 @@ class LinearHeadMapping(OutputMapping):
 
     A prompt search does not optimize against the head (a prompt tuned to a head fitted on other
     prompts' scores only exploits it); it optimizes the frequency mapping's loss, and the head is
-    fitted on the chosen prompt's own scores at the end (see ``blackbox_vp.run``, phase "head").
+    fitted on the best searched prompt's own scores at the end (see ``blackbox_vp.run``, phase "head").
     Fitted by L-BFGS on scores the run already paid for. ``l2`` is the penalty on the weights,
     relative to the mean cross-entropy. Differentiable in the scores, so the white-box reference
     trains through it.

@@ -74,7 +74,7 @@ class BudgetPlan:
         self.step_images = step_images
         self.mapping = min(config.mapping_images or max(len(splits.val), config.budget // 4), len(splits.train))
         self.validation_pass = len(splits.val)
-        # A head refitted on the chosen prompt at the end: its training images and one validation.
+        # A head refitted on the best searched prompt at the end: its training images and one validation.
         self.head_stage = self.mapping + self.validation_pass if head_stage else 0
         self.validations = (config.validations if config.validations is not None
                             else min(10, max(1, config.budget // (5 * self.validation_pass) - 1)))

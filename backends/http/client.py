@@ -4,8 +4,8 @@
 thread owns one ``httpx.AsyncClient`` and sends the requests of one call concurrently (at most
 ``concurrency`` at a time). Images are encoded on one worker thread while earlier requests are in
 flight (PIL and zlib release the GIL), so encoding overlaps the network wait instead of preceding it;
-one worker keeps the requests in the call's order. The only network boundary is that client's transport, which tests
-replace with ``httpx.MockTransport``.
+one worker keeps the requests in the call's order. The only network boundary is that client's
+transport, which tests replace with ``httpx.MockTransport``.
 
 Secrets: the token comes from an environment variable (``token_env``) or a file only its owner can
 read (``token_file``, mode 0600), never from the URL or the command line. It goes into one request
