@@ -14,7 +14,7 @@ import os
 import pickle
 from pathlib import Path
 
-FORMAT = "blackbox-vp/checkpoint/1"
+FORMAT = "blackbox-vp/checkpoint/2"
 
 
 def save_checkpoint(path: Path, state: object) -> None:

@@ -50,11 +50,13 @@ from blackbox_vp.prompts import Prompt
 from blackbox_vp.report import machine, versions, write_result, write_run
 from blackbox_vp.run_setup import BudgetPlan, build_prompt, load_splits, resolve, surrogate_prior
 from blackbox_vp.run_state import FinalScores, RunState, StepRecord
-from blackbox_vp.scoring import ScoreBuffer, evaluate, mapped_accuracy, predict, score, score_all
+from blackbox_vp.scoring import (ScoreBuffer, cross_validated_correct, evaluate, mapped_accuracy, predict, score,
+                                 score_all)
 from blackbox_vp.whitebox import Whitebox, torch_model_of
 
 CONFIG, JOURNAL, CHECKPOINT = "config.toml", "journal.jsonl", "checkpoint"
 EXAMPLE_IMAGES = 8  # test images shown in examples.png
+HEAD_FOLDS = 5  # cross-validation folds that judge the head stage (training image i is in fold i mod 5)
 RESUME_CHANGES = ("quiet", "jsonl", "device")  # settings a resumed run may change; the others are the run's
 
 
@@ -203,12 +205,14 @@ class Run:
         """The output mapping, fitted on training images under the initial prompt."""
         state, train = self.state, self.splits.train
         with state.ledger.during("mapping"):
-            chosen = state.rng.choice(len(train), size=self.plan.mapping, replace=False)
+            chosen = state.mapping_images = state.rng.choice(len(train), size=self.plan.mapping, replace=False)
             scores = score(self.learning, self.prompt, self.prompt.initial(), train.images[chosen])
             labels = torch.from_numpy(train.labels[chosen])
             state.mapping.fit(scores, labels, len(train.classes))
             if state.head is not None:  # the same paid-for scores fit the head too
                 state.head.fit(scores, labels, len(train.classes))
+                state.initial_head_cv = cross_validated_correct(state.head, scores, train.labels[chosen],
+                                                                chosen % HEAD_FOLDS, len(train.classes))
         state.initial_mapping = copy.deepcopy(state.mapping)  # a refitting mapping changes in place during the run
         state.initial_head = copy.deepcopy(state.head)
         state.phase = "baseline"
@@ -318,28 +322,36 @@ class Run:
 
         The searched prompt is the best on validation under the search's mapping, the initial prompt
         excluded: a prompt that the frequency mapping ranks below grey may still give the head better
-        features, and the head's own validation decides. The initial prompt's head was fitted on the
-        mapping images, and its validation scores were kept, so judging it costs nothing; the searched
-        prompt costs a fresh pass over as many training images and one validation (reserved in the
+        features. The two heads are judged on every image scored for them: 5-fold cross-validation on
+        the mapping images (the same images and folds for both prompts: a paired comparison) plus the
+        validation split, 1,100 images by default rather than the 100 whose noise let a worse prompt
+        win. The initial prompt's head was judged in the mapping phase, so it costs nothing here; the
+        searched prompt costs a pass over the mapping images and one validation (reserved in the
         budget plan).
         """
         state, selection, train, val = self.state, self.state.selection, self.splits.train, self.splits.val
         if state.head is not None:
             selection.baseline_val = mapped_accuracy(state.initial_head, state.baseline_val_scores, val.labels)
+            judged_on = self.plan.mapping + len(val)
             theta, mapping, best_val = self.prompt.initial(), state.initial_head, selection.baseline_val
+            best_pooled = (state.initial_head_cv + round(selection.baseline_val * len(val))) / judged_on
             searched = selection.searched_theta
             if searched is not None:
                 with state.ledger.during("mapping"):
-                    chosen = state.rng.choice(len(train), size=self.plan.mapping, replace=False)
+                    chosen = state.mapping_images
                     scores = score_all(self.learning, self.prompt, searched, train.images[chosen])
                     head = copy.deepcopy(state.head).fit(scores, torch.from_numpy(train.labels[chosen]),
                                                          len(train.classes))
+                    cv_correct = cross_validated_correct(state.head, scores, train.labels[chosen],
+                                                         chosen % HEAD_FOLDS, len(train.classes))
                 with state.ledger.during("validation"):
                     val_scores = score_all(self.learning, self.prompt, searched, val.images)
                 accuracy = mapped_accuracy(head, val_scores, val.labels)
+                pooled = (cv_correct + round(accuracy * len(val))) / judged_on
                 selection.history.append({"images": self.learning.images_sent, "step": state.steps,
-                                          "val_accuracy": accuracy, "loss": None, "head": True})
-                if accuracy > best_val:
+                                          "val_accuracy": accuracy, "loss": None, "head": True,
+                                          "pooled_accuracy": pooled, "initial_pooled_accuracy": best_pooled})
+                if pooled > best_pooled:
                     theta, mapping, best_val = searched, head, accuracy
             selection.best_theta, selection.best_mapping, selection.best_val = theta, mapping, best_val
         state.phase = "test"

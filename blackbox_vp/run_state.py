@@ -62,6 +62,8 @@ class RunState:
     initial_mapping: OutputMapping | None = None
     head: OutputMapping | None = None  # a mapping searched with another one, refitted on the chosen prompt
     initial_head: OutputMapping | None = None
+    mapping_images: np.ndarray | None = None  # training images scored for the mapping; the head stage reuses them
+    initial_head_cv: int | None = None  # of those, how many the initial prompt's head gets right in cross-validation
     baseline_val_scores: torch.Tensor | None = None  # the initial prompt's validation scores, kept for the head
     selection: Selection = field(default_factory=Selection)
     next_validation: float = 0.0

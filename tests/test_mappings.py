@@ -6,6 +6,7 @@ import torch
 from blackbox_vp.losses import cross_entropy, focal, margin
 from blackbox_vp.mappings import (MAPPINGS, FrequencyMapping, LinearHeadMapping, MultiLabelMapping,
                                   mapping_from_state)
+from blackbox_vp.scoring import cross_validated_correct
 
 
 def test_frequency_mapping_is_one_to_one_and_follows_the_counts():
@@ -63,6 +64,32 @@ def test_linear_head_separates_what_frequency_cannot():
     head = LinearHeadMapping().fit(scores[:300], labels[:300], 2)
     accuracy = lambda m: (m.probabilities(scores[300:]).argmax(1) == labels[300:]).double().mean().item()  # noqa: E731
     assert accuracy(head) > 0.95 and accuracy(frequency) < 0.7
+
+
+def test_cross_validation_scores_each_image_with_a_mapping_that_never_saw_it():
+    # Labels carry no information: a head on 200 features fits its own images well but cross-validates
+    # at chance; the fitted head passed in is not changed.
+    rng = np.random.default_rng(3)
+    scores = torch.tensor(rng.dirichlet(np.ones(200), size=300))
+    labels = rng.integers(0, 4, 300)
+    head = LinearHeadMapping().fit(scores, torch.tensor(labels), 4)
+    weight = head.weight.clone()
+    fitted_on_all = int((head.probabilities(scores).argmax(1).numpy() == labels).sum())
+    cross_validated = cross_validated_correct(head, scores, labels, np.arange(300) % 5, 4)
+    assert fitted_on_all > 0.9 * 300 and cross_validated < 0.4 * 300
+    assert torch.equal(head.weight, weight)
+
+
+def test_cross_validation_follows_the_given_folds():
+    # Classes 0, 1, 2 win labels 0, 1, 3. Class 2 lives only in fold 0: held out, no fit has seen it, and
+    # the frequency mapping fitted without it gives class 2 the first label left over (2), so all 10 of
+    # its images are wrong; with class 2 in both folds every image is right.
+    labels = np.array([0] * 10 + [1] * 10 + [2] * 10)
+    scores = torch.full((30, 4), 0.1, dtype=torch.float64)
+    scores[np.arange(30), np.array([0, 1, 3])[labels]] = 0.7
+    folds = np.array([i % 2 for i in range(20)] + [0] * 10)
+    assert cross_validated_correct(FrequencyMapping(), scores, labels, folds, 3) == 20
+    assert cross_validated_correct(FrequencyMapping(), scores, labels, np.arange(30) % 2, 3) == 30
 
 
 def test_mapping_state_round_trips_for_every_registered_mapping():
