@@ -56,7 +56,7 @@ from blackbox_vp.whitebox import Whitebox, torch_model_of
 
 CONFIG, JOURNAL, CHECKPOINT = "config.toml", "journal.jsonl", "checkpoint"
 EXAMPLE_IMAGES = 8  # test images shown in examples.png
-HEAD_FOLDS = 5  # cross-validation folds that judge the head stage (training image i is in fold i mod 5)
+HEAD_FOLDS = 5  # cross-validation folds that judge the head stage: the i-th mapping image drawn is in fold i mod 5
 RESUME_CHANGES = ("quiet", "jsonl", "device")  # settings a resumed run may change; the others are the run's
 
 
@@ -211,8 +211,9 @@ class Run:
             state.mapping.fit(scores, labels, len(train.classes))
             if state.head is not None:  # the same paid-for scores fit the head too
                 state.head.fit(scores, labels, len(train.classes))
-                state.initial_head_cv = cross_validated_correct(state.head, scores, train.labels[chosen],
-                                                                chosen % HEAD_FOLDS, len(train.classes))
+                folds = np.arange(len(chosen)) % HEAD_FOLDS
+                state.initial_head_cv = cross_validated_correct(state.head, scores, train.labels[chosen], folds,
+                                                                len(train.classes))
         state.initial_mapping = copy.deepcopy(state.mapping)  # a refitting mapping changes in place during the run
         state.initial_head = copy.deepcopy(state.head)
         state.phase = "baseline"
@@ -342,8 +343,9 @@ class Run:
                     scores = score_all(self.learning, self.prompt, searched, train.images[chosen])
                     head = copy.deepcopy(state.head).fit(scores, torch.from_numpy(train.labels[chosen]),
                                                          len(train.classes))
-                    cv_correct = cross_validated_correct(state.head, scores, train.labels[chosen],
-                                                         chosen % HEAD_FOLDS, len(train.classes))
+                    folds = np.arange(len(chosen)) % HEAD_FOLDS
+                    cv_correct = cross_validated_correct(state.head, scores, train.labels[chosen], folds,
+                                                         len(train.classes))
                 with state.ledger.during("validation"):
                     val_scores = score_all(self.learning, self.prompt, searched, val.images)
                 accuracy = mapped_accuracy(head, val_scores, val.labels)
