@@ -9,10 +9,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads: 2 threads o
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 
 from backends.toy import ToyBackend
 
 torch.set_num_threads(1)  # the same in-process and in the subprocesses the resume tests start
+
+# No per-example deadline: a property test checks values, not speed (on a loaded 2-core machine the
+# default 200 ms deadline failed test_config's round trip), and no example database in the checkout.
+settings.register_profile("bbvp", deadline=None, database=None)
+settings.load_profile("bbvp")
 
 
 @pytest.fixture
