@@ -211,9 +211,7 @@ class Run:
             state.mapping.fit(scores, labels, len(train.classes))
             if state.head is not None:  # the same paid-for scores fit the head too
                 state.head.fit(scores, labels, len(train.classes))
-                folds = np.arange(len(chosen)) % HEAD_FOLDS
-                state.initial_head_cv = cross_validated_correct(state.head, scores, train.labels[chosen], folds,
-                                                                len(train.classes))
+                state.initial_head_cv = self.cross_validate_head(scores)
         state.initial_mapping = copy.deepcopy(state.mapping)  # a refitting mapping changes in place during the run
         state.initial_head = copy.deepcopy(state.head)
         state.phase = "baseline"
@@ -318,6 +316,12 @@ class Run:
         self.show(record.loss)
         self.checkpoint()
 
+    def cross_validate_head(self, scores: torch.Tensor) -> int:
+        """Mapping images the head gets right in cross-validation on a prompt's ``scores`` of them."""
+        chosen, train = self.state.mapping_images, self.splits.train
+        folds = np.arange(len(chosen)) % HEAD_FOLDS
+        return cross_validated_correct(self.state.head, scores, train.labels[chosen], folds, len(train.classes))
+
     def refit_head(self) -> None:
         """Fit the head on the best searched prompt's own scores; keep it only if it beats the initial prompt's head.
 
@@ -343,9 +347,7 @@ class Run:
                     scores = score_all(self.learning, self.prompt, searched, train.images[chosen])
                     head = copy.deepcopy(state.head).fit(scores, torch.from_numpy(train.labels[chosen]),
                                                          len(train.classes))
-                    folds = np.arange(len(chosen)) % HEAD_FOLDS
-                    cv_correct = cross_validated_correct(state.head, scores, train.labels[chosen], folds,
-                                                         len(train.classes))
+                    cv_correct = self.cross_validate_head(scores)
                 with state.ledger.during("validation"):
                     val_scores = score_all(self.learning, self.prompt, searched, val.images)
                 accuracy = mapped_accuracy(head, val_scores, val.labels)
