@@ -78,11 +78,17 @@ def test_a_soak_through_20_percent_failures_ends_exactly_as_the_clean_run():
     np.testing.assert_array_equal(x, clean_x)  # the same end point...
     np.testing.assert_array_equal(np.stack(trace), np.stack(clean_trace))  # ...through the same scores
     np.testing.assert_array_equal(x, local_x)
-    # Bounded in time and requests; every failed attempt reported, none given up.
+    # Bounded in time and requests; every failed attempt reported, none given up. On a loaded machine a
+    # normal answer can also miss the client's timeout ("late"): retried like a stall, and counted apart.
     assert steps >= 50 and elapsed < SECONDS + ATTEMPTS * (TIMEOUT + 0.5)
     calls = steps + 1
-    assert server.received == calls + server.faults <= calls * ATTEMPTS
+    late = model.retries - server.faults
+    assert 0 <= late <= 0.01 * calls
+    assert calls + server.faults <= server.received <= calls + model.retries <= calls * ATTEMPTS
     assert 0.12 < server.faults / server.received < 0.28
-    assert len(events) == server.faults == model.retries and all(event["retry"] for event in events)
-    assert server.images_answered == model.images_answered == calls * CANDIDATES
+    assert len(events) == model.retries and all(event["retry"] for event in events)
+    timeouts = sum(event["status"] is None and "Timeout" in event["error"] for event in events)
+    assert timeouts >= server.log.count("stall") + late
+    assert model.images_answered == calls * CANDIDATES
+    assert calls * CANDIDATES <= server.images_answered <= (server.received - server.faults) * CANDIDATES
     assert {kind for kind in server.log} == {"ok"} | {fault.kind for fault in FAULTS}
