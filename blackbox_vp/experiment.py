@@ -525,12 +525,34 @@ def add_experiment_parser(subparsers: argparse._SubParsersAction) -> None:
                         "pip install 'blackbox-vp[ray]' and run directories that every node sees")
     parser.add_argument("--ray-cpus", type=int, default=1, metavar="N",
                         help="with --ray: CPUs each cell reserves, and its torch threads (default: 1)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run no cell: write results.csv, summary.md and curves.png from the cells finished "
+                        "so far (e.g. while the grid runs elsewhere, or after Ctrl-C)")
+
+
+def report_experiment(experiment: Experiment, out: Path, jobs: int = 1, device: str = "cpu", ray: str | None = None,
+                      ray_cpus: int = 1) -> int:
+    """Write the outputs from the cells finished so far, running none; 0 when every cell is finished."""
+    if not (out / "cells").is_dir():
+        raise ValueError(f"{out}: no cells/ folder, so no cell of {experiment.path} has run there yet; "
+                         "run the experiment first, or give the --out it ran with")
+    cells = experiment.cells(out, device)
+    check_cells_match(cells)
+    (out / "experiment.toml").write_text(experiment.path.read_text(encoding="utf-8"), encoding="utf-8")
+    write_outputs(experiment, cells, out, jobs, device, ray, ray_cpus)
+    finished = sum(is_finished(cell) for cell in cells)
+    print(f"{experiment.name}: {finished} of {len(cells)} cells finished, none run; outputs in {out.resolve()}: "
+          "results.csv, summary.md, curves.png")
+    return 0 if finished == len(cells) else 1
 
 
 def run_experiment_command(args: argparse.Namespace) -> int:
     """`bbvp experiment`: 0 when every cell finished, 1 when some failed (rerun to retry them)."""
     experiment = load_experiment(args.config)
     out = args.out or default_out(args.config)
+    if args.report_only:
+        return report_experiment(experiment, Path(out), jobs=args.jobs, device=args.device, ray=args.ray,
+                                 ray_cpus=args.ray_cpus)
     outcome = run_experiment(experiment, out, jobs=args.jobs, device=args.device, ray=args.ray,
                              ray_cpus=args.ray_cpus)
     print(f"outputs in {Path(out).resolve()}: results.csv, summary.md, curves.png")

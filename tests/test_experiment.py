@@ -1,5 +1,6 @@
 import argparse
 import csv
+import shutil
 import statistics
 from pathlib import Path
 
@@ -90,6 +91,26 @@ def test_the_command_line_reruns_a_finished_grid_without_running_a_cell(finished
     args = parser.parse_args(["experiment", str(experiment.path), "--out", str(out), "--jobs", "2"])
     assert run_experiment_command(args) == 0
     assert "6 cells, 6 finished, 0 to run" in capsys.readouterr().out
+
+
+def test_report_only_writes_the_outputs_of_the_finished_cells_and_runs_none(finished, tmp_path, capsys):
+    experiment, out, _ = finished
+    cells = experiment.cells(out)
+    partial = tmp_path / "partial"
+    for cell in cells[:4]:
+        shutil.copytree(cell.dir, partial / "cells" / cell.name)
+    parser = argparse.ArgumentParser()
+    add_experiment_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["experiment", str(experiment.path), "--out", str(partial), "--report-only"])
+    assert run_experiment_command(args) == 1  # 2 cells not finished
+    assert "4 of 6 cells finished, none run" in capsys.readouterr().out
+    assert [row["cell"] for row in read_rows(partial)] == [cell.name for cell in cells[:4]]
+    assert sorted(path.name for path in (partial / "cells").iterdir()) == sorted(cell.name for cell in cells[:4])
+    assert "4 of 6 cells finished" in (partial / "summary.md").read_text(encoding="utf-8")
+    assert (partial / "curves.png").stat().st_size > 0 and (partial / "experiment.toml").exists()
+    args = parser.parse_args(["experiment", str(experiment.path), "--out", str(tmp_path / "none"), "--report-only"])
+    with pytest.raises(ValueError, match="none.*no cells/ folder.*run the experiment first"):
+        run_experiment_command(args)
 
 
 def test_summary_numbers_are_the_means_of_the_rows(finished):
