@@ -103,3 +103,12 @@ def test_surrogate_is_a_different_model_that_also_sees_a_daisy(reference):
     scores = surrogate.query(flower[None])  # resized to 240 inside
     assert "daisy" in [surrogate.labels[i] for i in np.argsort(-scores[0])[:5]]
     assert not np.allclose(scores, reference.query(flower[None]), atol=1e-3)
+
+
+def test_reference_batches_by_device_16_images_on_a_cpu_256_on_a_gpu():
+    from backends.torch_classifier import efficientnet_lite_backend
+
+    assert efficientnet_lite_backend(device="cpu").max_batch == 16
+    # the meta device holds no data and stands in for a GPU here: any device that is not the CPU
+    assert efficientnet_lite_backend(device="meta").max_batch == 256
+    assert efficientnet_lite_backend(device="meta", max_batch=32).max_batch == 32
