@@ -377,15 +377,21 @@ class SummaryRow:
     val_sd: float | None
     images: float | None  # mean images used; None for the baselines
     seconds: float | None
+    machine: str | None = None  # the device names its cells ran on (cells may come from several machines)
     best: bool = False  # highest mean test accuracy among the black-box rows of its panel and budget
 
 
 def _summary_row(panel: str, budget: int, label: str, kind: str, test: list[float], val: list[float],
-                 images: float | None = None, seconds: float | None = None) -> SummaryRow:
+                 images: float | None = None, seconds: float | None = None, machine: str | None = None) -> SummaryRow:
     return SummaryRow(panel=panel, budget=budget, label=label, kind=kind, seeds=len(test),
                       test_mean=statistics.mean(test), test_sd=statistics.stdev(test) if len(test) > 1 else None,
                       val_mean=statistics.mean(val), val_sd=statistics.stdev(val) if len(val) > 1 else None,
-                      images=images, seconds=seconds)
+                      images=images, seconds=seconds, machine=machine)
+
+
+def _device_name(result: dict) -> str:
+    """The device a cell ran on, from its result's machine record: "cpu" or the GPU's name."""
+    return str(result["machine"].get("device_name", result["machine"].get("device", "?")))
 
 
 def _baseline_rows(panel: str, budget: int, results: list[CellResult]) -> list[SummaryRow]:
@@ -417,7 +423,8 @@ def summarize(results: list[CellResult]) -> list[SummaryRow]:
                     block.append(_summary_row(panel, budget, label, kind, [r.result["test_accuracy"] for r in group],
                                               [r.result["val_accuracy"] for r in group],
                                               statistics.mean(r.result["queries_used"] for r in group),
-                                              statistics.mean(r.result["seconds"] for r in group)))
+                                              statistics.mean(r.result["seconds"] for r in group),
+                                              ", ".join(_unique(_device_name(r.result) for r in group))))
             block += _baseline_rows(panel, budget, here)
             best = max((row.test_mean for row in block if row.kind == "black-box"), default=None)
             for row in block:
@@ -444,21 +451,23 @@ def summary_markdown(experiment: Experiment, cells: list[Cell], results: list[Ce
         "the end; nothing here is chosen on the test split. **Bold**: the highest mean test accuracy among the "
         "black-box methods at that budget. White-box rows are the reference with gradients through the local "
         "model (forward passes count against the same budget). \"no prompt (mapping)\" rows: the grey initial "
-        "prompt with that output mapping, fitted on each run's own paid-for images.", ""]
+        "prompt with that output mapping, fitted on each run's own paid-for images. Seconds are each cell's wall "
+        "time, averaged: compare them only between rows of the same machine (the last column but one).", ""]
     if rows and min(row.seeds for row in rows) < 3:
         lines += ["Some rows have fewer than 3 seeds: their spread is not a reliable estimate.", ""]
     for panel in _unique(row.panel for row in rows):
         if panel:
             lines += [f"## {panel}", ""]
-        lines += ["| budget | method | kind | test accuracy | validation accuracy | images used | seconds | seeds |",
-                  "|---:|---|---|---:|---:|---:|---:|---:|"]
+        lines += ["| budget | method | kind | test accuracy | validation accuracy | images used | seconds | machine "
+                  "| seeds |", "|---:|---|---|---:|---:|---:|---:|---|---:|"]
         for row in (row for row in rows if row.panel == panel):
             bold = "**" if row.best else ""
             lines.append(f"| {row.budget} | {bold}{row.label}{bold} | {row.kind} | "
                          f"{bold}{_mean_sd(row.test_mean, row.test_sd)}{bold} | "
                          f"{_mean_sd(row.val_mean, row.val_sd)} | "
                          f"{'—' if row.images is None else f'{row.images:.0f}'} | "
-                         f"{'—' if row.seconds is None else f'{row.seconds:.0f}'} | {row.seeds} |")
+                         f"{'—' if row.seconds is None else f'{row.seconds:.0f}'} | {row.machine or '—'} | "
+                         f"{row.seeds} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -1,5 +1,6 @@
 import argparse
 import csv
+import json
 import shutil
 import statistics
 from pathlib import Path
@@ -120,7 +121,7 @@ def test_summary_numbers_are_the_means_of_the_rows(finished):
     table = {}
     for line in (out / "summary.md").read_text(encoding="utf-8").splitlines():
         cols = [col.strip().strip("*") for col in line.split("|")[1:-1]]
-        if len(cols) == 8 and cols[0].isdigit():
+        if len(cols) == 9 and cols[0].isdigit():
             table[cols[1]] = cols
     assert {row.label for row in summary} == {"cma", "guided (ours)", "no prompt (frequency)", "no prompt (linear)"}
     for row in summary:
@@ -137,6 +138,25 @@ def test_summary_numbers_are_the_means_of_the_rows(finished):
         assert table[row.label][3] == f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
     best = max((row for row in summary if row.kind == "black-box"), key=lambda row: row.test_mean)
     assert best.best and sum(row.best for row in summary) == 1
+    assert table["cma"][7] == "cpu" and table["no prompt (linear)"][7] == "—"
+
+
+def test_a_row_whose_cells_ran_on_two_machines_names_both(finished, tmp_path, capsys):
+    experiment, out, _ = finished
+    mixed = tmp_path / "mixed"
+    shutil.copytree(out / "cells", mixed / "cells")
+    moved = experiment.cells(mixed)[0]  # cma, seed 0: as if its cell had been run on a GPU machine
+    result = json.loads((moved.dir / "result.json").read_text(encoding="utf-8"))
+    result["machine"].update(device="cuda", device_name="NVIDIA H200")
+    (moved.dir / "result.json").write_text(json.dumps(result), encoding="utf-8")
+    parser = argparse.ArgumentParser()
+    add_experiment_parser(parser.add_subparsers(dest="command"))
+    assert run_experiment_command(parser.parse_args(["experiment", str(experiment.path), "--out", str(mixed),
+                                                     "--report-only"])) == 0
+    lines = (mixed / "summary.md").read_text(encoding="utf-8").splitlines()
+    rows = [[col.strip().strip("*") for col in line.split("|")[1:-1]] for line in lines]
+    machines = {cols[1]: cols[7] for cols in rows if len(cols) == 9 and cols[0].isdigit()}
+    assert machines["cma"] == "NVIDIA H200, cpu" and machines["guided (ours)"] == "cpu"
 
 
 def test_changed_settings_are_not_mixed_with_finished_cells(finished, tmp_path):
