@@ -33,6 +33,7 @@ import os
 import re
 import statistics
 import sys
+import textwrap
 import tomllib
 import typing
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -494,9 +495,12 @@ def write_curves(rows: list[SummaryRow], path: Path, title: str) -> None:
             ax.fill_between(x, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)],
                             color=colors[label], alpha=0.2, linewidth=0)
         ax.set_xscale("log")
+        budgets = sorted({row.budget for row in here})
+        ax.set_xticks(budgets, [f"{budget:,}" for budget in budgets])  # the budgets, not crowded log-minor labels
+        ax.minorticks_off()
         ax.set_xlabel("images used (log scale; no-prompt rows at their budget)")
         ax.set_ylabel("test accuracy (mean ± sd over seeds)")
-        ax.set_title(f"{title}, {panel}" if panel else title)
+        ax.set_title(textwrap.fill(f"{title}, {panel}" if panel else title, 60))  # a long name stays in the figure
         ax.grid(True, which="both", alpha=0.3)
         if here:
             ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
