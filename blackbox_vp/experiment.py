@@ -392,7 +392,7 @@ def _summary_row(panel: str, budget: int, label: str, kind: str, test: list[floa
 
 def _device_name(result: dict) -> str:
     """The device a cell ran on, from its result's machine record: "cpu" or the GPU's name."""
-    return str(result["machine"].get("device_name", result["machine"].get("device", "?")))
+    return result["machine"]["device_name"]
 
 
 def _baseline_rows(panel: str, budget: int, results: list[CellResult]) -> list[SummaryRow]:
