@@ -18,9 +18,10 @@ bundle of settings::
 
 Every cell (method x axes x budget x seed) is one :func:`blackbox_vp.run.optimize` run in its own
 run directory ``OUT/cells/<name>``. Calling again skips the cells whose ``result.json`` says
-finished, resumes those with a checkpoint (interrupted or crashed) and runs the others. The
-outputs are ``results.csv`` (one row per finished cell), ``summary.md`` (mean and standard
-deviation over seeds) and ``curves.png`` (test accuracy versus images used).
+finished, resumes those with a checkpoint (interrupted or crashed) and runs the others; Ctrl-C
+(or SIGTERM) stops the running cells after their step. The outputs are ``results.csv`` (one row
+per finished cell), ``summary.md`` (mean and standard deviation over seeds) and ``curves.png``
+(test accuracy versus images used).
 """
 
 from __future__ import annotations
@@ -36,11 +37,12 @@ import sys
 import textwrap
 import tomllib
 import typing
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from blackbox_vp.config import RunConfig, setting_types
+from blackbox_vp.directory_lock import EXPERIMENT_LOCK, hold_directory
 
 TOP_LEVEL_KEYS = ("name", "description", "seeds", "budgets", "grid", "methods")
 RESERVED = {
@@ -251,6 +253,22 @@ class Outcome:
     ran: list[str]
     skipped: list[str]
     failed: dict[str, str]  # cell name -> error
+    interrupted: list[str] = field(default_factory=list)  # stopped by Ctrl-C, checkpoint kept
+
+    @property
+    def ended(self) -> int:
+        """Cells that ran in this call, to the end or not."""
+        return len(self.ran) + len(self.failed) + len(self.interrupted)
+
+
+class ExperimentInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped the experiment; ``outcome`` says which cells ran, failed or were stopped."""
+
+    def __init__(self, outcome: Outcome, todo: int):
+        super().__init__(f"stopped; of {todo} cells to run, {len(outcome.ran)} finished, {len(outcome.failed)} "
+                         f"failed, {len(outcome.interrupted)} interrupted (checkpoints kept), {todo - outcome.ended} not "
+                         "started: run the same command again to resume the interrupted cells and run the rest")
+        self.outcome = outcome
 
 
 def _check_ray() -> None:
@@ -278,58 +296,65 @@ def run_experiment(experiment: Experiment, out: Path, jobs: int = 1, device: str
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
     out = Path(out)
-    cells = experiment.cells(out, device)
-    check_cells_match(cells)
-    todo = [cell for cell in cells if not is_finished(cell)]
-    outcome = Outcome(ran=[], skipped=[cell.name for cell in cells if cell not in todo], failed={})
-    threads = ray_cpus if ray is not None else max(1, (os.cpu_count() or 1) // jobs)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "experiment.toml").write_text(experiment.path.read_text(encoding="utf-8"), encoding="utf-8")
-    how = f"as Ray tasks on {ray}" if ray is not None else f"{jobs} at a time"
-    print(f"{experiment.name}: {len(cells)} cells, {len(outcome.skipped)} finished, {len(todo)} to run "
-          f"({how}, {threads} torch threads each) in {out}", flush=True)
+    with hold_directory(out, EXPERIMENT_LOCK):  # one experiment at a time in --out
+        cells = experiment.cells(out, device)
+        check_cells_match(cells)
+        todo = [cell for cell in cells if not is_finished(cell)]
+        outcome = Outcome(ran=[], skipped=[cell.name for cell in cells if cell not in todo], failed={})
+        threads = ray_cpus if ray is not None else max(1, (os.cpu_count() or 1) // jobs)
+        (out / "experiment.toml").write_text(experiment.path.read_text(encoding="utf-8"), encoding="utf-8")
+        how = f"as Ray tasks on {ray}" if ray is not None else f"{jobs} at a time"
+        print(f"{experiment.name}: {len(cells)} cells, {len(outcome.skipped)} finished, {len(todo)} to run "
+              f"({how}, {threads} torch threads each) in {out}", flush=True)
 
-    def report(cell: Cell, run: dict) -> None:
-        outcome.ran.append(cell.name)
-        print(f"[{len(outcome.ran) + len(outcome.failed)}/{len(todo)}] {cell.name}: test {run['test_accuracy']:.3f}, "
-              f"validation {run['val_accuracy']:.3f}, {run['queries_used']} images, {run['seconds']:.0f} s", flush=True)
-
-    def fail(cell: Cell, error: Exception) -> None:
-        outcome.failed[cell.name] = f"{type(error).__name__}: {error}"
-        print(f"[{len(outcome.ran) + len(outcome.failed)}/{len(todo)}] {cell.name}: failed: "
-              f"{outcome.failed[cell.name]}", file=sys.stderr, flush=True)
-
-    if ray is not None:
-        if todo:
-            from blackbox_vp.ray_runner import iter_cells_on_ray
-
-            for cell, run, error in iter_cells_on_ray(todo, None if ray == "local" else ray, num_cpus=ray_cpus,
-                                                      threads=threads):
+        interrupted_here = False
+        try:
+            for cell, run, error in _iter_cells(todo, jobs, threads, ray, ray_cpus):
                 if error is None:
-                    report(cell, run)
+                    outcome.ran.append(cell.name)
+                    what = (f"test {run['test_accuracy']:.3f}, validation {run['val_accuracy']:.3f}, "
+                            f"{run['queries_used']} images, {run['seconds']:.0f} s")
+                elif isinstance(error, KeyboardInterrupt):
+                    outcome.interrupted.append(cell.name)
+                    what = "stopped; its checkpoint is kept"
                 else:
-                    fail(cell, error)
-    elif jobs == 1:
+                    outcome.failed[cell.name] = f"{type(error).__name__}: {error}"
+                    what = f"failed: {outcome.failed[cell.name]}"
+                print(f"[{outcome.ended}/{len(todo)}] {cell.name}: {what}", flush=True,
+                      file=sys.stdout if error is None else sys.stderr)
+        except KeyboardInterrupt:  # Ctrl-C in this process itself (Ray cells are cancelled, their checkpoints kept)
+            interrupted_here = True
+        write_outputs(experiment, cells, out, jobs, device, ray, ray_cpus)
+        if outcome.interrupted or interrupted_here:
+            raise ExperimentInterrupted(outcome, len(todo))
+        return outcome
+
+
+def _iter_cells(todo: list[Cell], jobs: int, threads: int, ray: str | None,
+                ray_cpus: int) -> Iterator[tuple[Cell, dict | None, BaseException | None]]:
+    """``(cell, result, None)`` or ``(cell, None, error)`` as each cell ends: on Ray, in ``jobs`` worker
+    processes, or one after the other in this process, where Ctrl-C stops the running cell and the rest."""
+    if not todo:
+        return
+    if ray is not None:
+        from blackbox_vp.ray_runner import iter_cells_on_ray
+
+        yield from iter_cells_on_ray(todo, None if ray == "local" else ray, num_cpus=ray_cpus, threads=threads)
+    elif jobs > 1:
+        from blackbox_vp.process_runner import iter_cells_in_processes
+
+        yield from iter_cells_in_processes(todo, jobs, threads)
+    else:
         for cell in todo:
             try:
-                report(cell, run_cell(cell.config, threads))
+                result = run_cell(cell.config, threads)
+            except KeyboardInterrupt as error:
+                yield cell, None, error
+                return
             except Exception as error:  # one failed cell must not stop the others
-                fail(cell, error)
-    elif todo:
-        import multiprocessing
-
-        pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn"))
-        try:
-            futures = {pool.submit(run_cell, cell.config, threads): cell for cell in todo}
-            for future in as_completed(futures):
-                try:
-                    report(futures[future], future.result())
-                except Exception as error:
-                    fail(futures[future], error)
-        finally:  # after Ctrl-C, cells not yet started stay unstarted
-            pool.shutdown(wait=True, cancel_futures=True)
-    write_outputs(experiment, cells, out, jobs, device, ray, ray_cpus)
-    return outcome
+                yield cell, None, error
+            else:
+                yield cell, result, None
 
 
 @dataclass
@@ -560,14 +585,18 @@ def report_experiment(experiment: Experiment, out: Path, jobs: int = 1, device: 
 
 
 def run_experiment_command(args: argparse.Namespace) -> int:
-    """`bbvp experiment`: 0 when every cell finished, 1 when some failed (rerun to retry them)."""
+    """`bbvp experiment`: 0 when every cell finished, 1 when some failed (rerun to retry them), 130 when stopped."""
     experiment = load_experiment(args.config)
     out = args.out or default_out(args.config)
     if args.report_only:
         return report_experiment(experiment, Path(out), jobs=args.jobs, device=args.device, ray=args.ray,
                                  ray_cpus=args.ray_cpus)
-    outcome = run_experiment(experiment, out, jobs=args.jobs, device=args.device, ray=args.ray,
-                             ray_cpus=args.ray_cpus)
+    try:
+        outcome = run_experiment(experiment, out, jobs=args.jobs, device=args.device, ray=args.ray,
+                                 ray_cpus=args.ray_cpus)
+    except ExperimentInterrupted as stopped:
+        print(f"bbvp experiment: {stopped}", file=sys.stderr)
+        return 130
     print(f"outputs in {Path(out).resolve()}: results.csv, summary.md, curves.png")
     if outcome.failed:
         print(f"{len(outcome.failed)} cells failed; rerun the same command to retry them", file=sys.stderr)

@@ -91,10 +91,18 @@ def read_journal(path: Path) -> list[dict]:
         end = data.rfind(b"\n") + 1
         if end < len(data):
             file.truncate(end)
-    try:
-        return [json.loads(line) for line in data[:end].decode("utf-8").splitlines() if line.strip()]
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"journal {path} is damaged ({error}); it cannot tell which images were sent") from error
+    entries = []
+    for number, line in enumerate(data[:end].split(b"\n"), start=1):
+        if line.strip():
+            try:
+                entries.append(json.loads(line))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise ValueError(
+                    f"{path}, line {number}, is damaged ({error}: {line[:80]!r}), so the images sent after the "
+                    "last checkpoint cannot be counted. Mend that line by hand (a `send` line cut short: write it "
+                    "out whole, with its images, so that they are counted), or delete the run directory to start "
+                    "the run again") from error
+    return entries
 
 
 @dataclass

@@ -18,8 +18,9 @@ uninterrupted run, and validates at the same steps; the query that was in flight
 a resumed run ends with the same prompt as the uninterrupted one, except that the images counted
 twice may leave no room for the last step, which then is not taken (the budget is never exceeded).
 
-Ctrl-C stops the run after the current step, with a checkpoint and a partial ``result.json``
-(:class:`RunInterrupted`); a second Ctrl-C stops it at once (the last checkpoint stays valid).
+Ctrl-C (or SIGTERM, as schedulers send) stops the run after the current step, with a checkpoint and a
+partial ``result.json`` (:class:`RunInterrupted`); a second stops it at once (the last checkpoint stays
+valid). One process at a time works in a run directory (:mod:`blackbox_vp.directory_lock`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from backends.http import HTTP_OPTIONS, is_url
 from blackbox_vp.checkpoint import load_checkpoint, save_checkpoint
 from blackbox_vp.config import RunConfig, read_config, write_config
 from blackbox_vp.data import Splits
+from blackbox_vp.directory_lock import RUN_LOCK, hold_directory
 from blackbox_vp.journal import Journal, JournaledBackend, Ledger, read_journal
 from blackbox_vp.losses import LOSSES, Loss
 from blackbox_vp.mappings import MAPPINGS, OutputMapping
@@ -55,6 +57,7 @@ from blackbox_vp.scoring import (ScoreBuffer, cross_validated_correct, evaluate,
 from blackbox_vp.whitebox import Whitebox, torch_model_of
 
 CONFIG, JOURNAL, CHECKPOINT = "config.toml", "journal.jsonl", "checkpoint"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # what stops a run after its step
 EXAMPLE_IMAGES = 8  # test images shown in examples.png
 HEAD_FOLDS = 5  # cross-validation folds that judge the head stage: the i-th mapping image drawn is in fold i mod 5
 RESUME_CHANGES = ("quiet", "jsonl", "device")  # settings a resumed run may change; the others are the run's
@@ -109,25 +112,23 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 class StopRequest:
-    """Ctrl-C: the first asks the run to stop after the current step, a second stops it at once.
+    """Ctrl-C (SIGINT) or SIGTERM: the first asks the run to stop after the current step, a second stops it at once.
 
-    Installed only in the main thread (where Python delivers signals); the old handler comes back after.
+    Installed only in the main thread (where Python delivers signals); the old handlers come back after.
     """
 
     def __init__(self) -> None:
         self.requested = False
-        self._installed = False
-        self._previous: object = None
+        self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-            self._installed = True
+            self._previous = {number: signal.signal(number, self._handle) for number in STOP_SIGNALS}
         return self
 
     def __exit__(self, *exception: object) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
+        for number, previous in self._previous.items():
+            signal.signal(number, previous if previous is not None else signal.SIG_DFL)
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.requested:
@@ -492,42 +493,42 @@ def _build_and_run(config: RunConfig, model: Backend, failures: FailureLog | Non
     prior = surrogate_prior(config, prompt, mapping, splits, list(model.labels)) if hasattr(optimizer, "prior") else None
 
     out = Path(config.out) if config.out else None
-    state = None
-    if out is not None:
-        if resuming and (out / CHECKPOINT).exists():
-            state = load_checkpoint(out / CHECKPOINT)
-            check_same_run(state.config, config, out)
-        elif not resuming and (out / CHECKPOINT).exists():
-            raise ValueError(f"--out {out} already holds a run; continue it with `bbvp optimize --resume {out}`, or "
-                             "choose another --out")
-        out.mkdir(parents=True, exist_ok=True)
-    if state is None:
-        state = RunState(config=config.to_dict(), phase="mapping", rng=np.random.default_rng(config.seed),
-                         optimizer=optimizer, mapping=mapping, head=head, buffer=ScoreBuffer(plan.mapping),
-                         ledger=Ledger(),
-                         prior_rng=prior.rng if prior else None)
-    if prior is not None:
-        prior.mapping, prior.rng = state.mapping, state.prior_rng
-        state.optimizer.prior = prior.direction
-    if whitebox:
-        state.optimizer.to(torch_model.device)
+    with hold_directory(out, RUN_LOCK):  # from before the checkpoint is read: one process at a time in a run
+        state = None
+        if out is not None:
+            if resuming and (out / CHECKPOINT).exists():
+                state = load_checkpoint(out / CHECKPOINT)
+                check_same_run(state.config, config, out)
+            elif not resuming and (out / CHECKPOINT).exists():
+                raise ValueError(f"--out {out} already holds a run; continue it with `bbvp optimize --resume {out}`, "
+                                 "or choose another --out")
+        if state is None:
+            state = RunState(config=config.to_dict(), phase="mapping", rng=np.random.default_rng(config.seed),
+                             optimizer=optimizer, mapping=mapping, head=head, buffer=ScoreBuffer(plan.mapping),
+                             ledger=Ledger(),
+                             prior_rng=prior.rng if prior else None)
+        if prior is not None:
+            prior.mapping, prior.rng = state.mapping, state.prior_rng
+            state.optimizer.prior = prior.direction
+        if whitebox:
+            state.optimizer.to(torch_model.device)
 
-    lost = count_lost_images(state, out / JOURNAL) if resuming else 0
-    journal = Journal(out / JOURNAL if out else None, echo=sys.stdout if config.jsonl else None, append=resuming)
-    if failures is not None:
-        failures.attach(journal)
-    try:
-        if resuming:
-            journal.write("resume", time=now(), phase=state.phase, step=state.steps, images_lost=lost,
-                          images=state.ledger.learning_images)
-        else:
-            if out is not None:
-                write_config(out / CONFIG, config)
-            journal.write("start", time=now(), budget=config.budget, step_images=step_images)
-        with StopRequest() as stop:
-            return Run(config, model, prompt, splits, plan, loss_fn, state, out, journal, stop).execute()
-    finally:
-        journal.close()
+        lost = count_lost_images(state, out / JOURNAL) if resuming else 0
+        journal = Journal(out / JOURNAL if out else None, echo=sys.stdout if config.jsonl else None, append=resuming)
+        if failures is not None:
+            failures.attach(journal)
+        try:
+            if resuming:
+                journal.write("resume", time=now(), phase=state.phase, step=state.steps, images_lost=lost,
+                              images=state.ledger.learning_images)
+            else:
+                if out is not None:
+                    write_config(out / CONFIG, config)
+                journal.write("start", time=now(), budget=config.budget, step_images=step_images)
+            with StopRequest() as stop:
+                return Run(config, model, prompt, splits, plan, loss_fn, state, out, journal, stop).execute()
+        finally:
+            journal.close()
 
 
 def count_lost_images(state: RunState, journal: Path) -> int:

@@ -2,13 +2,18 @@ import argparse
 import csv
 import json
 import shutil
+import signal
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from blackbox_vp.experiment import (Experiment, add_experiment_parser, collect, load_experiment, run_experiment,
                                    run_experiment_command, summarize)
+from blackbox_vp.journal import read_journal
 
 TOY_GRID = """
 name = "toy grid"
@@ -203,3 +208,45 @@ def test_the_committed_configs_parse_with_at_least_three_seeds(path, tmp_path):
     assert len(experiment.seeds) >= 3
     cells = experiment.cells(tmp_path)
     assert len(cells) == len(experiment.seeds) * len(experiment.budgets) * len(experiment.methods)
+
+
+LONG_GRID = TOY_GRID.replace("budgets = [1500]", "budgets = [400000]").split("[methods.")[0] + """
+[methods.cma]
+optimizer = "cma"
+mapping = "frequency"
+"""
+
+
+@pytest.mark.parametrize("jobs, signal_number", [(2, signal.SIGINT), (2, signal.SIGTERM), (1, signal.SIGINT)],
+                         ids=["2 jobs, SIGINT", "2 jobs, SIGTERM", "1 job, SIGINT"])
+def test_a_stop_sent_to_the_experiment_alone_stops_its_running_cells_after_their_step(tmp_path, jobs, signal_number):
+    """As `kill` or a job scheduler does: the signal reaches the experiment's process only, never its workers."""
+    config = write_config(tmp_path, LONG_GRID)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "blackbox_vp.cli", "experiment", str(config), "--out", str(out), "--jobs", str(jobs)]
+    cells = load_experiment(config).cells(out)  # 3 seeds
+
+    def steps(cell) -> int:
+        journal = cell.dir / "journal.jsonl"
+        return journal.read_text(encoding="utf-8").count('"event": "step"') if journal.exists() else 0
+
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        deadline = time.monotonic() + 120
+        while sum(steps(cell) >= 2 for cell in cells) < jobs:
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, f"{jobs} cells took no 2 steps in 120 s"
+            time.sleep(0.05)
+        process.send_signal(signal_number)
+        assert process.wait(timeout=90) == 130
+        message = process.stderr.read()
+    assert (f"stopped; of 3 cells to run, 0 finished, 0 failed, {jobs} interrupted (checkpoints kept), {3 - jobs} "
+            "not started: run the same command again") in message
+    started = [cell for cell in cells if (cell.dir / "checkpoint").exists()]
+    assert len(started) == jobs
+    for cell in started:
+        result = json.loads((cell.dir / "result.json").read_text(encoding="utf-8"))
+        assert result["status"] == "interrupted" and result["queries_used"] < 400000
+        assert read_journal(cell.dir / "journal.jsonl")[-1]["event"] == "interrupted"  # a clean stop, not a kill
+    sizes = [(cell.dir / "journal.jsonl").stat().st_size for cell in started]
+    time.sleep(1.0)
+    assert [(cell.dir / "journal.jsonl").stat().st_size for cell in started] == sizes  # no worker left running

@@ -94,7 +94,9 @@ def test_sigkill_mid_step_then_resume_replays_the_uninterrupted_run(uninterrupte
     assert_replays(resumed, out, expected, expected_out)
 
 
-def test_ctrl_c_stops_after_the_step_and_resume_gives_the_uninterrupted_result(uninterrupted, tmp_path):
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_stops_after_the_step_and_resume_gives_the_uninterrupted_result(uninterrupted, tmp_path, signal_number):
+    """Ctrl-C, or the SIGTERM of `kill` and job schedulers."""
     expected, _ = uninterrupted
     out = tmp_path / "stopped"
     command = [sys.executable, "-m", "blackbox_vp.cli", "optimize", *CLI_FLAGS, "--out", str(out)]
@@ -102,7 +104,7 @@ def test_ctrl_c_stops_after_the_step_and_resume_gives_the_uninterrupted_result(u
         while not (out / "journal.jsonl").exists() or len(step_losses(out)) < 2:
             assert process.poll() is None, process.stderr.read()
             time.sleep(0.005)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal_number)
         assert process.wait(timeout=120) == 130
         message = process.stderr.read()
     assert f"bbvp optimize --resume {out}" in message
