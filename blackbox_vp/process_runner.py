@@ -14,12 +14,11 @@ import multiprocessing
 import os
 import signal
 import sys
-import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
-from blackbox_vp.run import STOP_SIGNALS
+from blackbox_vp.run import StopSignals
 
 _stop_requested: Any = None  # in a worker: the experiment's multiprocessing Event, set when it is stopping
 
@@ -46,22 +45,12 @@ def _run_cell_in_worker(config: Any, threads: int) -> dict | None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-class ForwardedStop:
+class ForwardedStop(StopSignals):
     """While active (main thread only): SIGINT or SIGTERM sets ``event``, cancels the ``futures`` not started
     and sends SIGINT to each process that ``workers()`` lists."""
 
     def __init__(self, event: Any, futures: dict, workers: Any):
         self.event, self.futures, self.workers = event, futures, workers
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> ForwardedStop:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {number: signal.signal(number, self._handle) for number in STOP_SIGNALS}
-        return self
-
-    def __exit__(self, *exception: object) -> None:
-        for number, previous in self._previous.items():
-            signal.signal(number, previous)
 
     def _handle(self, signum: int, frame: object) -> None:
         if not self.event.is_set():

@@ -111,17 +111,14 @@ class RunInterrupted(KeyboardInterrupt):
         return RunInterrupted, (self.result, self.out)  # pickles across processes (experiment workers)
 
 
-class StopRequest:
-    """Ctrl-C (SIGINT) or SIGTERM: the first asks the run to stop after the current step, a second stops it at once.
+class StopSignals:
+    """While active, SIGINT and SIGTERM call :meth:`_handle`; the old handlers come back after.
 
-    Installed only in the main thread (where Python delivers signals); the old handlers come back after.
+    Installed only in the main thread, where Python delivers signals.
     """
 
-    def __init__(self) -> None:
-        self.requested = False
+    def __enter__(self) -> StopSignals:
         self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             self._previous = {number: signal.signal(number, self._handle) for number in STOP_SIGNALS}
         return self
@@ -129,6 +126,16 @@ class StopRequest:
     def __exit__(self, *exception: object) -> None:
         for number, previous in self._previous.items():
             signal.signal(number, previous if previous is not None else signal.SIG_DFL)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        raise NotImplementedError
+
+
+class StopRequest(StopSignals):
+    """Ctrl-C (SIGINT) or SIGTERM: the first asks the run to stop after the current step, a second stops it at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.requested:
