@@ -70,7 +70,8 @@ def iter_cells_in_processes(cells: Sequence[Any], jobs: int,
                             threads: int) -> Iterator[tuple[Any, dict | None, BaseException | None]]:
     """Run ``cells`` (each with ``.config``) ``jobs`` at a time; yields ``(cell, result, None)`` or
     ``(cell, None, error)`` as each ends. A cell stopped by Ctrl-C yields its ``KeyboardInterrupt``
-    (a :class:`blackbox_vp.run.RunInterrupted` after a clean stop); cells never started yield nothing."""
+    (a :class:`blackbox_vp.run.RunInterrupted` after a clean stop); cells never started yield nothing, and
+    the iteration ends with ``KeyboardInterrupt``."""
     context = multiprocessing.get_context("spawn")
     others = set(multiprocessing.active_children())  # children that are not this pool's workers
     stop = context.Event()
@@ -96,5 +97,7 @@ def iter_cells_in_processes(cells: Sequence[Any], jobs: int,
                 else:
                     if result is not None:
                         yield futures[future], result, None
+            if stop.is_set():  # even if every running cell happened to end normally: the rest did not run
+                raise KeyboardInterrupt
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -124,8 +124,9 @@ class StopSignals:
         return self
 
     def __exit__(self, *exception: object) -> None:
-        for number, previous in self._previous.items():
-            signal.signal(number, previous if previous is not None else signal.SIG_DFL)
+        for number, previous in self._previous.items():  # None: a handler not set from Python; Python's own then
+            default = signal.default_int_handler if number == signal.SIGINT else signal.SIG_DFL
+            signal.signal(number, previous if previous is not None else default)
 
     def _handle(self, signum: int, frame: object) -> None:
         raise NotImplementedError
