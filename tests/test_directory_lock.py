@@ -45,9 +45,10 @@ def test_a_resume_of_a_directory_in_use_leaves_its_journal_alone(finished_run):
 def test_the_lock_of_a_killed_process_is_free_at_once(tmp_path):
     out = tmp_path / "run"
     holder = textwrap.dedent(f"""
-        import os, sys
+        import sys
+        from pathlib import Path
         from blackbox_vp.directory_lock import RUN_LOCK, hold_directory
-        with hold_directory(__import__("pathlib").Path({str(out)!r}), RUN_LOCK):
+        with hold_directory(Path({str(out)!r}), RUN_LOCK):
             print("held", flush=True)
             sys.stdin.readline()
     """)
