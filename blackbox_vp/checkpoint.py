@@ -14,22 +14,33 @@ import os
 import pickle
 from pathlib import Path
 
-FORMAT = "blackbox-vp/checkpoint/2"
+from blackbox_vp.disk import writing
+
+FORMAT = "blackbox-vp/checkpoint/3"
 
 
 def save_checkpoint(path: Path, state: object) -> None:
-    """Replace ``path`` with ``state``; the old file stays whole until the new one is on disk."""
+    """Replace ``path`` with ``state``; the old file stays whole until the new one is on disk.
+
+    A write that fails (a full disk) removes its temporary file and raises
+    :class:`~blackbox_vp.disk.RunDirectoryError`; the last good checkpoint stays.
+    """
     temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as file:
-        pickle.dump({"format": FORMAT, "state": state}, file, protocol=pickle.HIGHEST_PROTOCOL)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself reaches the disk
-    finally:
-        os.close(directory)
+    with writing(path, "checkpoint"):
+        try:
+            with open(temporary, "wb") as file:
+                pickle.dump({"format": FORMAT, "state": state}, file, protocol=pickle.HIGHEST_PROTOCOL)
+                file.flush()
+                os.fsync(file.fileno())
+        except OSError:
+            temporary.unlink(missing_ok=True)
+            raise
+        os.replace(temporary, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself reaches the disk
+        finally:
+            os.close(directory)
 
 
 def load_checkpoint(path: Path) -> object:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 import time
 from dataclasses import fields
@@ -55,7 +56,8 @@ def build_parser(settings: dict | None = None) -> argparse.ArgumentParser:
                           "options below with '_' for '-'); options given on the command line override it")
     optimize.add_argument("--resume", type=Path, metavar="DIR",
                           help="continue the run in DIR (its --out) from its last checkpoint with the settings of "
-                          "DIR/config.toml; only --quiet, --jsonl and --device may be given with it")
+                          "DIR/config.toml; only settings that do not change what it computes may be given with it "
+                          "(--quiet, --jsonl, --device and the --http-*, rate-limit, token and TLS options)")
     add_run_options(optimize, dataclasses.replace(RunConfig(), **(settings or {})))
 
     demo = sub.add_parser("demo", help="the main job on the built-in default (reference model, digits), "
@@ -189,7 +191,7 @@ def run_optimize(args: argparse.Namespace) -> int:
                 raise ValueError(f"--{name.replace('_', '-')} cannot change when resuming: the run in {directory} "
                                  f"keeps the settings of its {CONFIG}; drop it (only "
                                  f"{', '.join('--' + n for n in RESUME_CHANGES)} may be given)")
-        result = resume(directory, quiet=config.quiet, jsonl=config.jsonl, device=config.device)
+        result = resume(directory, **{name: getattr(config, name) for name in RESUME_CHANGES})
         config = dataclasses.replace(config, out=str(directory))
     print_result(result, config)
     return 0
@@ -199,13 +201,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from backends import make_backend
     from blackbox_vp.data import load_task, split
     from blackbox_vp.prompt_file import load_prompt
-    from blackbox_vp.run_setup import default_split_sizes
+    from blackbox_vp.run_setup import split_sizes
     from blackbox_vp.scoring import evaluate
 
     prompt, theta, mapping, metadata = load_prompt(args.prompt)
     config = RunConfig(data=args.data, train=args.train, val=args.val, test=args.test)
     dataset = load_task(args.data, prompt.inner_size, seed=args.seed)
-    splits = split(dataset, *default_split_sizes(len(dataset), config), seed=args.seed)
+    sizes = split_sizes(config, config.budget, len(dataset), len(dataset.classes))  # the test split is the run's
+    splits = split(dataset, *sizes, seed=args.seed)
     backend = make_backend(args.backend, device=args.device, **{name: getattr(args, name) for name in HTTP_OPTIONS})
     accuracy = evaluate(backend, prompt, theta, mapping, splits.test)
     print(json.dumps({"prompt": str(args.prompt), "test_accuracy": accuracy, "test_images": len(splits.test),
@@ -246,16 +249,35 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def resume_hint(args: argparse.Namespace) -> str:
-    """How to go on after a run stopped, if it left a checkpoint."""
+def resume_hint(args: argparse.Namespace, how: str = "") -> str:
+    """How to go on after a run stopped, if it left a checkpoint; ``how``: what to change first."""
     directory = getattr(args, "resume", None) or getattr(args, "out", None)
     if directory is None or not (Path(directory) / "checkpoint").exists():
         return ""
-    return f"; its last checkpoint is kept: resume with `bbvp optimize --resume {directory}`"
+    return f"; its last checkpoint is kept: {how}resume with `bbvp optimize --resume {directory}`"
+
+
+def backend_hint(args: argparse.Namespace, error: Exception) -> str:
+    """What to do after a backend failure: resume only where a resume can succeed, else what to change."""
+    status, message = getattr(error, "status", None), str(error)
+    if status is None or status in (408, 425, 429, 500, 502, 503, 504):  # no answer, or the server was busy
+        return resume_hint(args, "once the server answers again, ")
+    if status in (401, 403):
+        return resume_hint(args, "fix the token (--token-env or --token-file may be given with --resume), then ")
+    limit = re.search(r"(?:batch[- ]size|max_batch_size)\D{0,20}?(\d+)", message, re.IGNORECASE)
+    if status in (400, 413) and (limit or status == 413):
+        size = f" {limit.group(1)}" if limit else " N"
+        return resume_hint(args, f"lower the images per request with --http-max-batch{size} (it may be given with "
+                           "--resume), then ")
+    if not resume_hint(args):
+        return ""
+    return ("; a resume would send the same request and fail the same way: fix the server or the settings that "
+            "shape the request and read the answer (--format, --labels), then start a new run with another --out")
 
 
 def main(argv: list[str] | None = None) -> int:
     from backends import BackendError
+    from blackbox_vp.disk import RunDirectoryError
     from blackbox_vp.run import RunInterrupted
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -269,8 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"bbvp {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except RunDirectoryError as error:
+        print(f"bbvp {args.command}: error: {error}{resume_hint(args, 'once it can be written, ')}", file=sys.stderr)
+        return 2
     except BackendError as error:
-        print(f"bbvp {args.command}: the backend failed: {error}{resume_hint(args)}", file=sys.stderr)
+        print(f"bbvp {args.command}: the backend failed: {error}{backend_hint(args, error)}", file=sys.stderr)
         return 1
     except RunInterrupted as stopped:
         print(f"bbvp {args.command}: {stopped}", file=sys.stderr)

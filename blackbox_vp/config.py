@@ -45,14 +45,16 @@ class RunConfig:
                             "EfficientNet-Lite1 when the backend answers with ImageNet labels, 'none' random "
                             "directions only, or a backend name")
     budget: int = option(20000, "hard limit on images sent while learning (mapping + optimization + validation)")
-    batch_size: int = option(32, "training images scored per candidate in one step (one minibatch for all)")
+    batch_size: int | None = option(None, "training images scored per candidate in one step, one minibatch for all "
+                                    "(default: 32, fewer when the budget leaves room for under 2 steps of 32)")
     mapping_images: int | None = option(None, "training images scored with the initial prompt to fit the output "
                                         "mapping (default: a quarter of the budget, at least the validation split, at most "
                                         "the training set)")
     validations: int | None = option(None, "validation passes spread evenly over the run, the best prompt is kept "
                                      "(default: as many as fit in 20%% of the budget, 1 to 10)")
     train: int | None = option(None, "training images (default: up to 1000 after val and test)")
-    val: int | None = option(None, "validation images (default: 11%% of the data, at most 200)")
+    val: int | None = option(None, "validation images (default: a tenth of the budget, at most 200 and 11%% of the "
+                             "data, at least 20)")
     test: int | None = option(None, "test images, scored once at the end (default: 33%% of the data)")
     seed: int = option(0, "seed for splits, minibatches and the optimizer")
     device: str = option("cpu", "torch device of a local backend: cpu or cuda")

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from blackbox_vp.disk import writing
+
 RUN_LOCK, EXPERIMENT_LOCK = "run.lock", "experiment.lock"
 
 
@@ -33,14 +35,15 @@ def hold_directory(directory: Path | None, lock_name: str) -> Iterator[None]:
         yield
         return
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     lock = FileLock(directory / lock_name, timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise DirectoryInUse(f"{directory} is in use by another process (its {lock_name} is held: a bbvp run or "
-                             "experiment is still working there); wait for it to end or stop it, then run "
-                             "this again") from None
+    with writing(directory, "into directory"):
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire()
+        except Timeout:  # an OSError too: it must not read as a failed write
+            raise DirectoryInUse(f"{directory} is in use by another process (its {lock_name} is held: a bbvp run or "
+                                 "experiment is still working there); wait for it to end or stop it, then run "
+                                 "this again") from None
     try:
         yield
     finally:

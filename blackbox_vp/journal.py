@@ -14,6 +14,8 @@ Each line has an ``event``:
   client's ``on_failure`` event: ``url``, ``attempt``, ``max_attempts``, ``images``, ``status``,
   ``error`` with the token masked, ``retry``, ``seconds``);
 - ``validation_skipped``: after a resume, the images counted twice left no room for a validation;
+- ``adjusted``: after a resume, a stage those images shrank or skipped (``what``, ``why``), as in result.json's
+  ``adjustments``;
 - ``interrupted`` and ``end``.
 
 A step written after the last checkpoint is written again when the resumed run takes it again: the
@@ -22,6 +24,7 @@ last line of a step number is the one that counts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -36,8 +39,10 @@ from typing import TextIO
 import numpy as np
 
 from backends.base import Backend, BackendWrapper
+from blackbox_vp.disk import writing
 
 PHASES = ("mapping", "optimization", "validation", "test")
+CRASH_AT_SEND = "BBVP_CRASH_AT_SEND"  # fault injection for tests: the process dies at once after that `send` line
 LEARNING_PHASES = ("mapping", "optimization", "validation")  # what the budget covers
 
 
@@ -61,19 +66,27 @@ class Journal:
     def __init__(self, path: Path | None, echo: TextIO | None = None, append: bool = False):
         self.path = path
         self.echo = echo
-        self._file = None if path is None else open(path, "a" if append else "w", encoding="utf-8")
+        with writing(path, "journal"):
+            self._file = None if path is None else open(path, "a" if append else "w", encoding="utf-8")
         self._lock = threading.Lock()  # an HTTP backend's failure hook writes from its event-loop thread
 
     def write(self, event: str, durable: bool = False, **fields: object) -> None:
         """One line; ``durable`` waits until it is on disk (fsync), not only handed to the system. Thread-safe;
-        a no-op after :meth:`close`."""
+        a no-op after :meth:`close`. A failed write raises :class:`~blackbox_vp.disk.RunDirectoryError` and
+        closes the journal."""
         line = json.dumps(json_safe({"event": event, **fields}))
-        with self._lock:
+        with self._lock, writing(self.path, "journal"):
             if self._file is not None:
-                self._file.write(line + "\n")
-                self._file.flush()
-                if durable:
-                    os.fsync(self._file.fileno())
+                try:
+                    self._file.write(line + "\n")
+                    self._file.flush()
+                    if durable:
+                        os.fsync(self._file.fileno())
+                except OSError:  # a full disk: no later line may follow a half-written one (resume cuts it)
+                    file, self._file = self._file, None
+                    with contextlib.suppress(OSError):
+                        file.close()
+                    raise
         if self.echo is not None and event == "step":
             print(line, file=self.echo, flush=True)
 
@@ -171,10 +184,17 @@ class JournaledBackend(BackendWrapper):
         self.ledger = ledger
 
     def announce(self, count: int) -> None:
-        """Record ``count`` images as sent in the current phase, before they are."""
+        """Record ``count`` images as sent in the current phase, before they are.
+
+        With the environment variable ``BBVP_CRASH_AT_SEND`` set to an id, the process dies right after
+        writing that ``send`` line (``os._exit``: no clean-up, as under SIGKILL), the query in flight: the
+        tests kill a run at every query this way and resume it.
+        """
         self.ledger.last_send += 1
         self.ledger.images[self.ledger.phase] += count
         self.journal.write("send", durable=True, id=self.ledger.last_send, phase=self.ledger.phase, images=count)
+        if os.environ.get(CRASH_AT_SEND) == str(self.ledger.last_send):
+            os._exit(137)
 
     def query(self, images: np.ndarray) -> np.ndarray:
         self.announce(len(images))

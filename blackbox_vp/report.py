@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from blackbox_vp.data import Dataset
+from blackbox_vp.disk import writing
 from blackbox_vp.journal import json_safe
 from blackbox_vp.mappings import OutputMapping
 from blackbox_vp.prompt_file import save_prompt
@@ -47,8 +48,9 @@ def machine(device: str) -> dict[str, object]:
 def write_result(out: Path, summary: dict) -> None:
     """result.json, replaced atomically so a reader never sees half of it."""
     temporary = out / (RESULT + ".tmp")
-    temporary.write_text(json.dumps(json_safe(summary), indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, out / RESULT)
+    with writing(out / RESULT, "result"):
+        temporary.write_text(json.dumps(json_safe(summary), indent=2) + "\n", encoding="utf-8")
+        os.replace(temporary, out / RESULT)
 
 
 def write_run(out: Path, summary: dict, prompt: Prompt, theta: np.ndarray, mapping: OutputMapping, test: Dataset,

@@ -44,6 +44,7 @@ from blackbox_vp.checkpoint import load_checkpoint, save_checkpoint
 from blackbox_vp.config import RunConfig, read_config, write_config
 from blackbox_vp.data import Splits
 from blackbox_vp.directory_lock import RUN_LOCK, hold_directory
+from blackbox_vp.disk import writing
 from blackbox_vp.journal import Journal, JournaledBackend, Ledger, read_journal
 from blackbox_vp.losses import LOSSES, Loss
 from blackbox_vp.mappings import MAPPINGS, OutputMapping
@@ -52,15 +53,17 @@ from blackbox_vp.prompts import Prompt
 from blackbox_vp.report import machine, versions, write_result, write_run
 from blackbox_vp.run_setup import BudgetPlan, build_prompt, load_splits, resolve, surrogate_prior
 from blackbox_vp.run_state import FinalScores, RunState, StepRecord
-from blackbox_vp.scoring import (ScoreBuffer, cross_validated_correct, evaluate, mapped_accuracy, predict, score,
-                                 score_all)
+from blackbox_vp.scoring import ScoreBuffer, correct_count, cross_validated_correct, mapped_accuracy, score
 from blackbox_vp.whitebox import Whitebox, torch_model_of
 
 CONFIG, JOURNAL, CHECKPOINT = "config.toml", "journal.jsonl", "checkpoint"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # what stops a run after its step
 EXAMPLE_IMAGES = 8  # test images shown in examples.png
 HEAD_FOLDS = 5  # cross-validation folds that judge the head stage: the i-th mapping image drawn is in fold i mod 5
-RESUME_CHANGES = ("quiet", "jsonl", "device")  # settings a resumed run may change; the others are the run's
+CHUNK = 256  # images per query when a phase scores many; each answered query goes into the checkpoint
+# Settings a resumed run may change, since they do not change what it computes; the others are the run's.
+RESUME_CHANGES = ("quiet", "jsonl", "device", "http_max_batch", "http_concurrency", "http_timeout", "http_attempts",
+                  "rate_limit", "image_rate_limit", "token_env", "token_file", "token_header", "tls_verify")
 
 
 @dataclass
@@ -89,6 +92,9 @@ class RunResult:
     machine: dict
     config: dict
     history: list[dict] = field(default_factory=list)
+    budget_plan: dict = field(default_factory=dict)  # how the budget was split, and why (BudgetPlan.to_dict)
+    adjustments: dict = field(default_factory=dict)  # what the images counted twice after a crash shrank or skipped
+    kept: dict | None = None  # {"prompt": "searched" or "initial", "why": ...}
     theta: np.ndarray | None = field(default=None, repr=False)
     backend_stats: dict | None = None  # an HTTP backend's requests, retries, images answered and cost
 
@@ -210,34 +216,69 @@ class Run:
         self.progress.set_postfix(postfix, refresh=False)
         self.progress.update(self.learning.images_sent - self.progress.n)
 
+    def scored(self, key: str, theta: np.ndarray, images: np.ndarray, backend: Backend | None = None) -> torch.Tensor:
+        """Scores of ``images`` prompted with ``theta``, in queries of at most ``CHUNK`` images (``backend``: the
+        budgeted one unless given).
+
+        Each answered query is kept in the state under ``key`` and checkpointed, so a crash loses only the
+        query in flight: the resumed run asks again under the same key and sends only what is missing. A
+        phase clears its keys when it ends (:meth:`end_phase`). ``images`` may be fewer than when the key
+        started (a stage shrunk after a crash): the answered queries cover a prefix of them.
+        """
+        backend = backend or self.learning
+        answered = self.state.scoring.setdefault(key, [])
+        done = sum(len(chunk) for chunk in answered)
+        for start in range(done, len(images), CHUNK):
+            answered.append(score(backend, self.prompt, theta, images[start : start + CHUNK]))
+            self.checkpoint()
+        if not answered:
+            return torch.zeros((0, len(self.journaled.labels)), dtype=torch.float64)
+        return torch.cat(answered)[: len(images)]
+
+    def answered(self, key: str) -> int:
+        """Images already scored under ``key`` (see :meth:`scored`)."""
+        return sum(len(chunk) for chunk in self.state.scoring.get(key, []))
+
+    def end_phase(self, phase: str) -> None:
+        """The phase is done: forget its answered queries, move on, checkpoint."""
+        self.state.scoring.clear()
+        self.state.phase = phase
+        self.show()
+        self.checkpoint()
+
+    def adjust(self, what: str, why: str) -> None:
+        """Record (journal and result.json) a stage that the images counted twice after a crash shrank or skipped."""
+        self.state.adjustments[what] = why
+        self.journal.write("adjusted", what=what, why=why, images=self.learning.images_sent,
+                           left=self.learning.remaining)
+
     def fit_mapping(self) -> None:
         """The output mapping, fitted on training images under the initial prompt."""
         state, train = self.state, self.splits.train
         with state.ledger.during("mapping"):
-            chosen = state.mapping_images = state.rng.choice(len(train), size=self.plan.mapping, replace=False)
-            scores = score(self.learning, self.prompt, self.prompt.initial(), train.images[chosen])
+            if state.mapping_images is None:  # drawn once: a resumed run scores the same images
+                state.mapping_images = state.rng.choice(len(train), size=self.plan.mapping, replace=False)
+            chosen = state.mapping_images
+            scores = self.scored("mapping", self.prompt.initial(), train.images[chosen])
             labels = torch.from_numpy(train.labels[chosen])
             state.mapping.fit(scores, labels, len(train.classes))
             if state.head is not None:  # the same paid-for scores fit the head too
                 state.head.fit(scores, labels, len(train.classes))
                 state.initial_head_cv = self.cross_validate_head(scores)
+                state.initial_scores = scores.to(torch.float32)  # to judge a head stage shrunk after a crash
         state.initial_mapping = copy.deepcopy(state.mapping)  # a refitting mapping changes in place during the run
         state.initial_head = copy.deepcopy(state.head)
-        state.phase = "baseline"
-        self.show()
-        self.checkpoint()
+        self.end_phase("baseline")
 
     def validate_baseline(self) -> None:
         """The initial prompt's validation accuracy: the prompt to beat."""
-        if not self.learning.fits(self.plan.validation_pass):
+        if not self.learning.fits(self.plan.val - self.answered(f"validation:{self.state.steps}")):
             raise ValueError(f"--budget {self.config.budget}: the images counted twice after a crash leave "
-                             f"{self.learning.remaining} images, too few to validate ({self.plan.validation_pass}); "
+                             f"{self.learning.remaining} images, too few to validate ({self.plan.val}); "
                              "start again with a larger --budget")
         self.state.selection.baseline_val, self.state.baseline_val_scores = self.validate(self.prompt.initial(), None)
-        self.state.phase = "optimization"
         self.state.next_validation = self.learning.images_sent + self.plan.validation_every
-        self.show()
-        self.checkpoint()
+        self.end_phase("optimization")
 
     def validate(self, theta: np.ndarray, loss: float | None) -> tuple[float, torch.Tensor]:
         """Validate ``theta`` (after refitting the mapping if it refits); keep the pair if it is the best.
@@ -248,7 +289,7 @@ class Run:
         with state.ledger.during("validation"):
             if state.mapping.refit and len(state.buffer) >= state.buffer.capacity:
                 state.mapping.fit(state.buffer.scores, state.buffer.labels, len(self.splits.train.classes))
-            scores = score_all(self.learning, self.prompt, theta, self.splits.val.images)
+            scores = self.scored(f"validation:{state.steps}", theta, self.splits.val.images)
             accuracy = mapped_accuracy(state.mapping, scores, self.splits.val.labels)
         selection.history.append({"images": self.learning.images_sent, "step": state.steps,
                                   "val_accuracy": accuracy, "loss": loss})
@@ -287,31 +328,54 @@ class Run:
         costs the validation's images, not the step's as well.
         """
         state, learning = self.state, self.learning
-        room = self.plan.step_images + self.plan.validation_pass + self.plan.head_stage  # a last validation, the head
+        room = self.plan.step_images + self.plan.val + self.plan.head_stage  # a last validation, the head
         with state.ledger.during("optimization"):
             if state.pending is not None:  # the last run stopped in this step's validation
                 self.close_step()
             while learning.fits(room) and not self.stop.requested:
                 started = time.perf_counter()
-                batch = state.rng.choice(len(self.splits.train), size=min(self.config.batch_size,
+                batch = state.rng.choice(len(self.splits.train), size=min(self.plan.batch_size,
                                                                           len(self.splits.train)), replace=False)
                 loss, train_accuracy = self.step(batch)
                 state.steps += 1
                 state.losses.append((learning.images_sent, loss))
-                validate = learning.images_sent >= state.next_validation or not learning.fits(room)
+                last = not learning.fits(room)
+                if last and learning.images_sent - state.images_lost + room <= learning.budget:
+                    self.adjust("steps", f"step {state.steps} is the last: the {state.images_lost} images counted "
+                                f"twice after a crash left {learning.remaining}, and another step with its validation "
+                                f"and the head stage takes {room}")
+                validate = learning.images_sent >= state.next_validation or last
                 state.pending = StepRecord(loss, train_accuracy, time.perf_counter() - started, validate)
                 if validate:
                     self.checkpoint()
                 self.close_step()
+            if not self.stop.requested:
+                self.end_search_cut_short(room)
+
+    def end_search_cut_short(self, room: int) -> None:
+        """After a resume whose images counted twice ended the search before the uninterrupted run would
+        have: say so, and validate the last step's prompt if no validation came after it."""
+        state, learning = self.state, self.learning
+        if "steps" not in state.adjustments and learning.images_sent - state.images_lost + room <= learning.budget:
+            self.adjust("steps", f"the search ended after step {state.steps}: the {state.images_lost} images counted "
+                        f"twice after a crash left {learning.remaining}, and a step with its validation and the "
+                        f"head stage takes {room}")
+        validated = {entry["step"] for entry in state.selection.history}
+        if state.steps not in validated and learning.fits(self.plan.val - self.answered(f"validation:{state.steps}")):
+            self.validate(state.optimizer.recommend(), None)
+            state.scoring.clear()
+            self.checkpoint()
 
     def close_step(self) -> None:
         """Validate the step's prompt if due, journal the step, checkpoint."""
         state, record, started = self.state, self.state.pending, time.perf_counter()
         val_accuracy = None
-        if record.validate and not self.learning.fits(self.plan.validation_pass):
+        if record.validate and not self.learning.fits(self.plan.val - self.answered(f"validation:{state.steps}")):
             # Only after a resume: the images counted twice left no room to validate this step's prompt.
             self.journal.write("validation_skipped", step=state.steps, images=self.learning.images_sent,
-                               needed=self.plan.validation_pass, left=self.learning.remaining)
+                               needed=self.plan.val, left=self.learning.remaining)
+            self.adjust(f"validation at step {state.steps}", f"skipped: {self.learning.remaining} images left after "
+                        f"the images counted twice after a crash, {self.plan.val} needed")
         elif record.validate:
             val_accuracy, _ = self.validate(state.optimizer.recommend(), record.loss)
             while state.next_validation <= self.learning.images_sent:
@@ -322,14 +386,31 @@ class Run:
                            seconds=round(record.seconds + time.perf_counter() - started, 4),
                            elapsed=round(self.elapsed(), 3))
         state.pending = None
+        state.scoring.clear()
         self.show(record.loss)
         self.checkpoint()
 
     def cross_validate_head(self, scores: torch.Tensor) -> int:
-        """Mapping images the head gets right in cross-validation on a prompt's ``scores`` of them."""
-        chosen, train = self.state.mapping_images, self.splits.train
+        """Mapping images the head gets right in cross-validation on a prompt's ``scores`` of the first of them."""
+        chosen, train = self.state.mapping_images[: len(scores)], self.splits.train
         folds = np.arange(len(chosen)) % HEAD_FOLDS
         return cross_validated_correct(self.state.head, scores, train.labels[chosen], folds, len(train.classes))
+
+    def head_sizes(self) -> tuple[int, int]:
+        """Mapping and validation images the head stage scores: all of both (the plan's), unless the images
+        counted twice after a crash leave less. Then the mapping images come first (they also train the
+        head) and the validation images take what is left; what is already answered stays counted."""
+        state = self.state
+        wanted_mapping, wanted_val = state.head_sizes or (self.plan.mapping, self.plan.val)
+        done_mapping, done_val = self.answered("head:mapping"), self.answered("head:validation")
+        available = done_mapping + done_val + self.learning.remaining
+        mapping = wanted_mapping if done_val else min(wanted_mapping, available)
+        state.head_sizes = mapping, min(wanted_val, available - mapping)
+        if state.head_sizes != (self.plan.mapping, self.plan.val):
+            self.adjust("head stage", f"judged on {state.head_sizes[0]} of {self.plan.mapping} mapping images and "
+                        f"{state.head_sizes[1]} of {self.plan.val} validation images: the images counted twice after "
+                        f"a crash left {available} for it")
+        return state.head_sizes
 
     def refit_head(self) -> None:
         """Fit the head on the best searched prompt's own scores; keep it only if it beats the initial prompt's head.
@@ -341,47 +422,75 @@ class Run:
         validation split, 1,100 images by default rather than the 100 whose noise let a worse prompt
         win. The initial prompt's head was judged in the mapping phase, so it costs nothing here; the
         searched prompt costs a pass over the mapping images and one validation (reserved in the
-        budget plan).
+        budget plan). After a crash the stage judges both on as many of those images as the budget left
+        allows (:meth:`head_sizes`), and is skipped with fewer than ``HEAD_FOLDS`` mapping images.
         """
         state, selection, train, val = self.state, self.state.selection, self.splits.train, self.splits.val
-        if state.head is not None:
+        if state.head is None:
+            best = selection.best_theta
+            searched = best is not None and not np.array_equal(best, self.prompt.initial())
+            state.kept = {"prompt": "searched" if searched else "initial",
+                          "why": f"best on validation under the {self.config.mapping} mapping "
+                                 f"({selection.best_val:.4f}; the initial prompt {selection.baseline_val:.4f})"}
+        else:
             selection.baseline_val = mapped_accuracy(state.initial_head, state.baseline_val_scores, val.labels)
-            judged_on = self.plan.mapping + len(val)
             theta, mapping, best_val = self.prompt.initial(), state.initial_head, selection.baseline_val
-            best_pooled = (state.initial_head_cv + round(selection.baseline_val * len(val))) / judged_on
+            state.kept = {"prompt": "initial", "why": "the search validated no prompt other than the initial one"}
             searched = selection.searched_theta
             if searched is not None:
-                with state.ledger.during("mapping"):
-                    chosen = state.mapping_images
-                    scores = score_all(self.learning, self.prompt, searched, train.images[chosen])
-                    head = copy.deepcopy(state.head).fit(scores, torch.from_numpy(train.labels[chosen]),
-                                                         len(train.classes))
-                    cv_correct = self.cross_validate_head(scores)
-                with state.ledger.during("validation"):
-                    val_scores = score_all(self.learning, self.prompt, searched, val.images)
-                accuracy = mapped_accuracy(head, val_scores, val.labels)
-                pooled = (cv_correct + round(accuracy * len(val))) / judged_on
-                selection.history.append({"images": self.learning.images_sent, "step": state.steps,
-                                          "val_accuracy": accuracy, "loss": None, "head": True,
-                                          "pooled_accuracy": pooled, "initial_pooled_accuracy": best_pooled})
-                if pooled > best_pooled:
-                    theta, mapping, best_val = searched, head, accuracy
+                theta, mapping, best_val = self.judge_head(searched, theta, mapping, best_val)
             selection.best_theta, selection.best_mapping, selection.best_val = theta, mapping, best_val
-        state.phase = "test"
-        self.show()
-        self.checkpoint()
+        self.end_phase("test")
+
+    def judge_head(self, searched: np.ndarray, theta: np.ndarray, mapping: OutputMapping,
+                   best_val: float) -> tuple[np.ndarray, OutputMapping, float]:
+        """The head stage's judgement of ``searched`` against the initial prompt's (``theta``, ``mapping``, ``best_val``);
+        returns the winner."""
+        state, train, val = self.state, self.splits.train, self.splits.val
+        mapping_count, val_count = self.head_sizes()
+        if mapping_count < HEAD_FOLDS:
+            self.adjust("head stage", f"skipped: the images counted twice after a crash left {mapping_count} "
+                        f"mapping images for it, fewer than {HEAD_FOLDS}; the initial prompt's head is kept")
+            state.kept = {"prompt": "initial", "why": "the head stage had no room after a crash"}
+            return theta, mapping, best_val
+        chosen = state.mapping_images[:mapping_count]
+        with state.ledger.during("mapping"):
+            scores = self.scored("head:mapping", searched, train.images[chosen])
+            head = copy.deepcopy(state.head).fit(scores, torch.from_numpy(train.labels[chosen]), len(train.classes))
+            cv_correct = self.cross_validate_head(scores)
+        with state.ledger.during("validation"):
+            val_scores = self.scored("head:validation", searched, val.images[:val_count])
+        initial_cv = (state.initial_head_cv if mapping_count == len(state.mapping_images)
+                      else self.cross_validate_head(state.initial_scores[:mapping_count].double()))
+        val_labels = val.labels[:val_count]
+        val_correct = correct_count(head, val_scores, val_labels)
+        initial_val_correct = correct_count(state.initial_head, state.baseline_val_scores[:val_count], val_labels)
+        pooled = (cv_correct + val_correct) / (mapping_count + val_count)
+        initial_pooled = (initial_cv + initial_val_correct) / (mapping_count + val_count)
+        accuracy = val_correct / val_count if val_count else float("nan")
+        state.selection.history.append({"images": self.learning.images_sent, "step": state.steps,
+                                        "val_accuracy": accuracy, "loss": None, "head": True,
+                                        "pooled_accuracy": pooled, "initial_pooled_accuracy": initial_pooled})
+        judged = (f"judged on {mapping_count} mapping images (5-fold cross-validation) and {val_count} validation "
+                  f"images: {pooled:.4f} for the searched prompt's head against {initial_pooled:.4f} for the "
+                  "initial prompt's")
+        if pooled > initial_pooled:
+            state.kept = {"prompt": "searched", "why": judged}
+            return searched, head, accuracy
+        state.kept = {"prompt": "initial", "why": judged + " (a tie keeps the initial prompt)"}
+        return theta, mapping, best_val
 
     def test(self) -> None:
         """The test split, once, with the initial and the best prompt; counted apart from the budget."""
         state, test, best = self.state, self.splits.test, self.state.selection
         with state.ledger.during("test"):
-            baseline = evaluate(self.journaled, self.prompt, self.prompt.initial(),
-                                state.initial_head or state.initial_mapping, test)
-            predicted = predict(self.journaled, self.prompt, best.best_theta, best.best_mapping, test)
+            initial = self.scored("test:initial", self.prompt.initial(), test.images, backend=self.journaled)
+            baseline = mapped_accuracy(state.initial_head or state.initial_mapping, initial, test.labels)
+            scores = self.scored("test:best", best.best_theta, test.images, backend=self.journaled)
+            predicted = best.best_mapping.probabilities(scores).argmax(dim=1).numpy()
         accuracy = float(np.mean(predicted == test.labels)) if len(test) else float("nan")
         state.test = FinalScores(baseline, accuracy, predicted[:EXAMPLE_IMAGES])
-        state.phase = "done"
-        self.checkpoint()
+        self.end_phase("done")
 
     def interrupt(self) -> RunResult:
         """After Ctrl-C: the checkpoint is current; write a partial result.json and raise RunInterrupted."""
@@ -405,7 +514,8 @@ class Run:
             test_queries=state.ledger.images["test"], steps=state.steps, seconds=round(self.elapsed(), 3),
             seed=config.seed, images_lost=state.images_lost, resumes=state.resumes, phases=state.ledger.totals(),
             seeds=seeds, versions=versions(), machine=machine(config.device), config=config.to_dict(),
-            history=selection.history, theta=selection.best_theta,
+            history=selection.history, budget_plan=state.budget_plan, adjustments=dict(state.adjustments),
+            kept=state.kept, theta=selection.best_theta,
             backend_stats=self.journaled.unwrap().stats() if self.reports_retries else None)
 
 
@@ -434,8 +544,10 @@ def resume(out: str | Path, backend: Backend | None = None, **changes: object) -
         if name not in RESUME_CHANGES:
             raise ValueError(f"--{name.replace('_', '-')} cannot change when resuming: the run in {out} keeps the "
                              f"settings of its {CONFIG}; only {', '.join('--' + n for n in RESUME_CHANGES)} may")
-    config = RunConfig(**{**read_config(out / CONFIG), **changes, "out": str(out)})
-    return _execute(config, backend, resuming=True)
+    saved = read_config(out / CONFIG)
+    config = RunConfig(**{**saved, **changes, "out": str(out)})
+    return _execute(config, backend, resuming=True, changed={name: value for name, value in changes.items()
+                                                             if saved.get(name, getattr(RunConfig, name)) != value})
 
 
 class FailureLog:
@@ -463,7 +575,7 @@ class FailureLog:
             journal.write("http_failure", **fields)
 
 
-def _execute(config: RunConfig, backend: Backend | None, resuming: bool) -> RunResult:
+def _execute(config: RunConfig, backend: Backend | None, resuming: bool, changed: dict | None = None) -> RunResult:
     """Build everything and check it before the first query; then run (or resume) the phases."""
     config.check()
     failures = FailureLog() if backend is None and is_url(config.backend) else None
@@ -472,16 +584,16 @@ def _execute(config: RunConfig, backend: Backend | None, resuming: bool) -> RunR
         http_options["on_failure"] = failures
     model = backend or make_backend(config.backend, device=config.device, **http_options)
     try:
-        return _build_and_run(config, model, failures, resuming)
+        return _build_and_run(config, model, failures, resuming, changed or {})
     finally:
         if backend is None:
             model.close()  # an HTTP backend's connections and event loop thread, also when a check failed
 
 
-def _build_and_run(config: RunConfig, model: Backend, failures: FailureLog | None, resuming: bool) -> RunResult:
+def _build_and_run(config: RunConfig, model: Backend, failures: FailureLog | None, resuming: bool,
+                   changed: dict) -> RunResult:
     canvas_size = tuple(model.image_size)
     prompt = build_prompt(config, canvas_size)
-    splits = load_splits(config, prompt)
     loss_fn = LOSSES.get(config.loss)
     mapping: OutputMapping = MAPPINGS.get(config.mapping)()
     head = None
@@ -492,11 +604,12 @@ def _build_and_run(config: RunConfig, model: Backend, failures: FailureLog | Non
         torch_model = torch_model_of(model)
         torch_model.model.requires_grad_(False)
         optimizer: Optimizer | Whitebox = Whitebox(prompt.initial(), config.lr, torch_model.device)
-        step_images = config.batch_size
+        candidates = 1
     else:
         optimizer = make_optimizer(config.optimizer, prompt.initial(), seed=config.seed)
-        step_images = config.batch_size * optimizer.candidates_per_step
-    plan = BudgetPlan(config, splits, step_images, head_stage=head is not None)
+        candidates = optimizer.candidates_per_step
+    splits, plan = load_splits(config, prompt, lambda data: BudgetPlan.make(
+        config, len(data), len(data.classes), candidates, head_stage=head is not None))
     config = resolve(config, canvas_size, splits, plan)
     prior = surrogate_prior(config, prompt, mapping, splits, list(model.labels)) if hasattr(optimizer, "prior") else None
 
@@ -513,7 +626,7 @@ def _build_and_run(config: RunConfig, model: Backend, failures: FailureLog | Non
         if state is None:
             state = RunState(config=config.to_dict(), phase="mapping", rng=np.random.default_rng(config.seed),
                              optimizer=optimizer, mapping=mapping, head=head, buffer=ScoreBuffer(plan.mapping),
-                             ledger=Ledger(),
+                             ledger=Ledger(), budget_plan=plan.to_dict(),
                              prior_rng=prior.rng if prior else None)
         if prior is not None:
             prior.mapping, prior.rng = state.mapping, state.prior_rng
@@ -527,12 +640,17 @@ def _build_and_run(config: RunConfig, model: Backend, failures: FailureLog | Non
             failures.attach(journal)
         try:
             if resuming:
+                if changed:  # settings that do not change what the run computes; the next resume keeps them
+                    with writing(out / CONFIG, "settings"):
+                        write_config(out / CONFIG, config)
                 journal.write("resume", time=now(), phase=state.phase, step=state.steps, images_lost=lost,
-                              images=state.ledger.learning_images)
+                              images=state.ledger.learning_images, changed=changed)
             else:
                 if out is not None:
-                    write_config(out / CONFIG, config)
-                journal.write("start", time=now(), budget=config.budget, step_images=step_images)
+                    with writing(out / CONFIG, "settings"):
+                        write_config(out / CONFIG, config)
+                journal.write("start", time=now(), budget=config.budget, step_images=plan.step_images,
+                              plan=plan.to_dict())
             with StopRequest() as stop:
                 return Run(config, model, prompt, splits, plan, loss_fn, state, out, journal, stop).execute()
         finally:

@@ -4,10 +4,12 @@ surrogate prior, each from the run's :class:`RunConfig`; errors name the option 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from backends import make_backend
 from blackbox_vp.config import RunConfig
-from blackbox_vp.data import Splits, load_task, split
+from blackbox_vp.data import Dataset, Splits, load_task, split
 from blackbox_vp.losses import LOSSES
 from blackbox_vp.mappings import OutputMapping
 from blackbox_vp.parameterizations import PARAMETERIZATIONS
@@ -43,58 +45,158 @@ def build_prompt(config: RunConfig, canvas_size: tuple[int, int]) -> Prompt:
                                       jpeg_quality=config.jpeg_quality, **prompt_options.get(config.prompt, {}))
 
 
-def default_split_sizes(total: int, config: RunConfig) -> tuple[int, int, int]:
+DEFAULT_BATCH = 32  # training images per candidate in a step, where the budget has room for it
+MIN_STEPS = 2  # an automatic batch size shrinks until the optimization images hold this many steps
+VALIDATION_FLOOR = 20  # smallest automatic validation split (at least 2 images per class)
+
+
+def validation_floor(num_classes: int) -> int:
+    return max(VALIDATION_FLOOR, 2 * num_classes)
+
+
+def split_sizes(config: RunConfig, budget: int, total: int, num_classes: int) -> tuple[int, int, int]:
+    """Train, val and test sizes for a data set of ``total`` images: as set, else automatic (see BudgetPlan)."""
     test = config.test if config.test is not None else round(0.33 * total)
-    val = config.val if config.val is not None else min(200, round(0.11 * total))
+    val = (config.val if config.val is not None
+           else min(200, round(0.11 * total), max(validation_floor(num_classes), budget // 10)))
     train = config.train if config.train is not None else min(1000, total - test - val)
     return train, val, test
 
 
-def load_splits(config: RunConfig, prompt: Prompt) -> Splits:
-    """The task's train/val/test splits at the prompt's inner size; errors name --data."""
+@dataclass
+class BudgetPlan:
+    """How the images are split: the data splits, and the budget between mapping, validation, search and head.
+
+    Every size left automatic (None in the :class:`RunConfig`) follows the budget, so any budget down to
+    :meth:`smallest_budget` gives a run: the validation split is a tenth of the budget (at most 200 or
+    11% of the data, at least ``VALIDATION_FLOOR``), the mapping images a quarter (at least one
+    validation pass, at most the training set), the validations as many as fit in a fifth (1 to 10),
+    and the batch ``DEFAULT_BATCH`` images unless that leaves fewer than ``MIN_STEPS`` steps.
+    Validations fall every ``validation_every`` optimization images; the loop always keeps room for
+    one more, so the last prompt is validated too. ``why`` says, per size, where it came from.
+    """
+
+    budget: int
+    train: int
+    val: int  # images per validation pass: the whole validation split
+    test: int
+    mapping: int
+    validations: int
+    batch_size: int
+    step_images: int
+    head_stage: int  # a head refitted on the best searched prompt at the end: its mapping images and one validation
+    why: dict[str, str]
+
+    @classmethod
+    def make(cls, config: RunConfig, total: int, num_classes: int, candidates_per_step: int,
+             head_stage: bool) -> BudgetPlan:
+        """The plan for ``config`` on a data set of ``total`` images; refuses a budget it cannot split."""
+        plan = cls._sizes(config, config.budget, total, num_classes, candidates_per_step, head_stage)
+        if plan.needed > config.budget:
+            raise ValueError(plan._refusal(config, total, num_classes, candidates_per_step, head_stage))
+        return plan
+
+    @classmethod
+    def _sizes(cls, config: RunConfig, budget: int, total: int, num_classes: int, candidates_per_step: int,
+               head_stage: bool) -> BudgetPlan:
+        train, val, test = split_sizes(config, budget, total, num_classes)
+        why = {"train": "set (--train)" if config.train is not None else "automatic: up to 1000 after val and test",
+               "val": "set (--val)" if config.val is not None else
+               (f"automatic: a tenth of the budget, at most 200 and 11% of the data, at least "
+                f"{validation_floor(num_classes)}"),
+               "test": "set (--test)" if config.test is not None else "automatic: 33% of the data"}
+        mapping = min(config.mapping_images or max(val, budget // 4), max(train, 0))
+        why["mapping"] = ("set (--mapping-images)" if config.mapping_images is not None else
+                          "automatic: a quarter of the budget, at least one validation pass, at most the training set")
+        head = mapping + val if head_stage else 0
+        why["head_stage"] = ("the head refitted on the best searched prompt: the mapping images and one validation "
+                             "pass" if head_stage else "none: the mapping is not refitted at the end")
+        validations = (config.validations if config.validations is not None
+                       else min(10, max(1, budget // (5 * max(val, 1)) - 1)))
+        why["validations"] = ("set (--validations)" if config.validations is not None else
+                              "automatic: as many passes as fit in a fifth of the budget, 1 to 10")
+        optimization = budget - mapping - (validations + 1) * val - head
+        batch = config.batch_size
+        why["batch_size"] = "set (--batch-size)"
+        if batch is None:
+            batch = min(DEFAULT_BATCH, max(train, 1))
+            why["batch_size"] = f"automatic: {DEFAULT_BATCH}, at most the training set"
+            if optimization < MIN_STEPS * candidates_per_step * batch:
+                batch = max(1, min(batch, optimization // (MIN_STEPS * candidates_per_step)))
+                why["batch_size"] = (f"automatic: {DEFAULT_BATCH} would leave fewer than {MIN_STEPS} steps in the "
+                                     f"{max(optimization, 0)} optimization images, so {batch}")
+        return cls(budget, train, val, test, mapping, validations, batch, batch * candidates_per_step, head, why)
+
+    @property
+    def needed(self) -> int:
+        """The least a run takes: the mapping, two validation passes, one step and the head stage."""
+        return self.mapping + 2 * self.val + self.step_images + self.head_stage
+
+    @property
+    def optimization(self) -> int:
+        return self.budget - self.mapping - (self.validations + 1) * self.val - self.head_stage
+
+    @property
+    def validation_every(self) -> float:
+        return max(self.optimization / self.validations, self.step_images)
+
+    def _refusal(self, config: RunConfig, total: int, num_classes: int, candidates_per_step: int,
+                 head_stage: bool) -> str:
+        """Why the budget is too small, the settings that hold it up, and the smallest budget that works."""
+        head = f", the head refit {self.head_stage}" if self.head_stage else ""
+        explicit = [f"--{name.replace('_', '-')} {getattr(config, name)}" for name in
+                    ("val", "mapping_images", "batch_size", "train") if getattr(config, name) is not None]
+        smallest = self.smallest_budget(config, total, num_classes, candidates_per_step, head_stage)
+        fix = (f"raise --budget to at least {smallest}" if smallest is not None
+               else "no budget fits these settings")
+        return (f"--budget {config.budget} is too small: the mapping needs {self.mapping} images, two validation "
+                f"passes {2 * self.val}, one optimization step {self.step_images}{head}; {fix}"
+                + (f", or drop or lower {', '.join(explicit)} (left out, they follow the budget)" if explicit else ""))
+
+    @classmethod
+    def smallest_budget(cls, config: RunConfig, total: int, num_classes: int, candidates_per_step: int,
+                        head_stage: bool, largest: int = 1_000_000) -> int | None:
+        """The smallest budget these settings give a run with (None if none up to ``largest``)."""
+        budget = 1
+        while budget <= largest:
+            needed = cls._sizes(config, budget, total, num_classes, candidates_per_step, head_stage).needed
+            if needed <= budget:
+                return budget
+            budget = max(budget + 1, min(needed, budget * 2))
+        return None
+
+    def to_dict(self) -> dict:
+        """For result.json: each size, the optimization images, and why each size is what it is."""
+        sizes = {name: getattr(self, name) for name in ("budget", "train", "val", "test", "mapping", "validations",
+                                                          "batch_size", "step_images", "head_stage")}
+        return {**sizes, "optimization": self.optimization, "validation_every": round(self.validation_every, 1),
+                "why": dict(self.why)}
+
+
+def load_splits(config: RunConfig, prompt: Prompt, plan_for: Callable[[Dataset], BudgetPlan]) -> tuple[Splits,
+                                                                                                       BudgetPlan]:
+    """The task's train/val/test splits at the prompt's inner size, as ``plan_for`` sizes them; errors name --data."""
     try:
         dataset = load_task(config.data, prompt.inner_size, seed=config.seed)
     except (OSError, ValueError) as error:
         raise ValueError(f"--data {config.data}: {error}") from error
-    splits = split(dataset, *default_split_sizes(len(dataset), config), seed=config.seed)
+    plan = plan_for(dataset)
+    try:
+        splits = split(dataset, plan.train, plan.val, plan.test, seed=config.seed)
+    except ValueError as error:
+        raise ValueError(f"--data {config.data}: {error}") from error
     if len(splits.train) == 0 or len(splits.val) == 0:
         raise ValueError(f"--data {config.data}: the split left {len(splits.train)} training and {len(splits.val)} "
                          "validation images; both must be at least 1 (lower --val or --test)")
-    return splits
-
-
-class BudgetPlan:
-    """Splits the budget into mapping, validation and optimization images; checks it is enough.
-
-    Validations fall every ``validation_every`` optimization images; the loop always keeps room for
-    one more, so the last prompt is validated too.
-    """
-
-    def __init__(self, config: RunConfig, splits: Splits, step_images: int, head_stage: bool = False):
-        self.step_images = step_images
-        self.mapping = min(config.mapping_images or max(len(splits.val), config.budget // 4), len(splits.train))
-        self.validation_pass = len(splits.val)
-        # A head refitted on the best searched prompt at the end: its training images and one validation.
-        self.head_stage = self.mapping + self.validation_pass if head_stage else 0
-        self.validations = (config.validations if config.validations is not None
-                            else min(10, max(1, config.budget // (5 * self.validation_pass) - 1)))
-        needed = self.mapping + 2 * self.validation_pass + step_images + self.head_stage
-        if config.budget < needed:
-            head = f", the head refit {self.head_stage}" if self.head_stage else ""
-            raise ValueError(
-                f"--budget {config.budget} is too small: the mapping needs {self.mapping} images, two validation "
-                f"passes {2 * self.validation_pass}, one optimization step {step_images}{head}; raise --budget to at "
-                f"least {needed}, or lower --mapping-images, --val or --batch-size")
-        optimization = config.budget - self.mapping - (self.validations + 1) * self.validation_pass - self.head_stage
-        self.validation_every = max(optimization / self.validations, step_images)
+    return splits, plan
 
 
 def resolve(config: RunConfig, canvas_size: tuple[int, int], splits: Splits, plan: BudgetPlan) -> RunConfig:
     """``config`` with every automatic size (None) replaced by the one the run uses, for config.toml."""
     width, patch = prompt_sizes(config, canvas_size)
     return dataclasses.replace(config, width=width, patch=patch, mapping_images=plan.mapping,
-                               validations=plan.validations, train=len(splits.train), val=len(splits.val),
-                               test=len(splits.test))
+                               validations=plan.validations, batch_size=plan.batch_size, train=len(splits.train),
+                               val=len(splits.val), test=len(splits.test))
 
 
 def surrogate_prior(config: RunConfig, prompt: Prompt, mapping: OutputMapping, splits: Splits, labels: list[str]):

@@ -58,6 +58,7 @@ class RunState:
     mapping: OutputMapping  # refitting mappings change in place
     buffer: ScoreBuffer
     ledger: Ledger  # images and seconds per phase, last journal "send" id
+    budget_plan: dict  # how the budget was split and why (BudgetPlan.to_dict), for result.json
     prior_rng: np.random.Generator | None = None  # the surrogate prior's minibatches (guided)
     initial_mapping: OutputMapping | None = None
     head: OutputMapping | None = None  # a mapping searched with another one, refitted on the chosen prompt
@@ -69,6 +70,11 @@ class RunState:
     next_validation: float = 0.0
     steps: int = 0
     pending: StepRecord | None = None  # set between a step and its journal line
+    scoring: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # answered queries of the phase in progress
+    initial_scores: torch.Tensor | None = None  # the mapping images' scores under the initial prompt (float32)
+    head_sizes: tuple[int, int] | None = None  # mapping and validation images the head stage judges on
+    adjustments: dict[str, str] = field(default_factory=dict)  # what the images counted twice after a crash shrank
+    kept: dict[str, str] | None = None  # which prompt the run kept, and why
     seconds: float = 0.0  # wall time until the last checkpoint, over every session
     losses: list[tuple[int, float]] = field(default_factory=list)  # (images used, step loss), for curve.png
     images_lost: int = 0

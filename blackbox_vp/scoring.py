@@ -24,6 +24,11 @@ def mapped_accuracy(mapping: OutputMapping, scores: torch.Tensor, labels: np.nda
     return float(np.mean(predicted == labels)) if len(labels) else float("nan")
 
 
+def correct_count(mapping: OutputMapping, scores: torch.Tensor, labels: np.ndarray) -> int:
+    """Images whose class ``mapping`` picks right from backend ``scores``."""
+    return int(np.sum(mapping.probabilities(scores).argmax(dim=1).numpy() == labels)) if len(labels) else 0
+
+
 def cross_validated_correct(mapping: OutputMapping, scores: torch.Tensor, labels: np.ndarray, folds: np.ndarray,
                             num_classes: int) -> int:
     """Images classified right by copies of ``mapping``, each fitted on the images of the other folds.
@@ -51,12 +56,6 @@ def evaluate(backend: Backend, prompt: Prompt, theta: np.ndarray, mapping: Outpu
              chunk: int = 256) -> float:
     """Accuracy of ``theta`` on ``data``."""
     return mapped_accuracy(mapping, score_all(backend, prompt, theta, data.images, chunk), data.labels)
-
-
-def predict(backend: Backend, prompt: Prompt, theta: np.ndarray, mapping: OutputMapping, data: Dataset,
-            chunk: int = 256) -> np.ndarray:
-    """Predicted classes (N,) of ``data`` prompted with ``theta``."""
-    return mapping.probabilities(score_all(backend, prompt, theta, data.images, chunk)).argmax(dim=1).numpy()
 
 
 class ScoreBuffer:

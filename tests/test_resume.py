@@ -63,7 +63,7 @@ def uninterrupted(tmp_path_factory):
 def assert_replays(resumed, resumed_out: Path, expected, expected_out: Path) -> None:
     """Same minibatches and candidates step for step; the images counted twice may cost the last step."""
     assert resumed.queries_used <= resumed.budget
-    assert abs(resumed.queries_used - expected.queries_used) <= STEP_IMAGES
+    assert resumed.queries_used - resumed.images_lost in (expected.queries_used, expected.queries_used - STEP_IMAGES)
     losses, expected_losses = step_losses(resumed_out), step_losses(expected_out)
     assert losses == {step: expected_losses[step] for step in losses}
     if resumed.steps == expected.steps:
@@ -71,6 +71,7 @@ def assert_replays(resumed, resumed_out: Path, expected, expected_out: Path) -> 
         assert validations(resumed) == validations(expected)
     else:
         assert resumed.steps == expected.steps - 1 and resumed.images_lost > 0
+        assert "is the last" in resumed.adjustments["steps"]
         assert validations(resumed)[:-1] == [v for v in validations(expected) if v[0] < resumed.steps]
 
 
@@ -117,27 +118,30 @@ def test_ctrl_c_stops_after_the_step_and_resume_gives_the_uninterrupted_result(u
     assert result.history == expected.history and result.test_accuracy == expected.test_accuracy
 
 
-@pytest.mark.parametrize("at", [3, 6])  # a step's query; a validation's query (after its step's)
+@pytest.mark.parametrize("at", [4, 7])  # a step's query; a validation's query (after its step's)
 def test_a_crash_in_a_query_is_counted_and_the_query_sent_again(uninterrupted, tmp_path, at):
     expected, expected_out = uninterrupted
     out = tmp_path / "crashed"
     with pytest.raises(Crash):
         optimize(RunConfig(**SETTINGS, out=str(out)), backend=CrashingBackend(ToyBackend(), at))
     sends = [e for e in read_journal(out / "journal.jsonl") if e["event"] == "send"]
-    assert sends[-1]["phase"] == ("optimization" if at == 3 else "validation")
+    assert sends[-1]["phase"] == ("optimization" if at == 4 else "validation")
     result = resume(out, backend=ToyBackend())
     assert result.images_lost == sends[-1]["images"]  # only the query in flight
     assert_replays(result, out, expected, expected_out)
 
 
-def test_a_crash_before_the_first_checkpointed_step_resumes_from_the_mapping(uninterrupted, tmp_path):
-    expected, _ = uninterrupted
+@pytest.mark.parametrize("at", [1, 2])  # the mapping's first query (256 images) and its second (144)
+def test_a_crash_in_the_mapping_costs_only_the_query_in_flight(uninterrupted, tmp_path, at):
+    expected, expected_out = uninterrupted
     out = tmp_path / "crashed"
     with pytest.raises(Crash):
-        optimize(RunConfig(**SETTINGS, out=str(out)), backend=CrashingBackend(ToyBackend(), 1))
+        optimize(RunConfig(**SETTINGS, out=str(out)), backend=CrashingBackend(ToyBackend(), at))
     result = resume(out, backend=ToyBackend())
-    assert result.images_lost == 400  # the mapping query (all 400 training images), sent again
-    assert result.phases["mapping"]["images"] == 800
+    lost = 256 if at == 1 else 144  # the answered first query was checkpointed: it is not sent again
+    assert result.images_lost == lost
+    assert result.phases["mapping"]["images"] == 400 + lost
+    assert_replays(result, out, expected, expected_out)
 
 
 def tiny_torch_backend() -> TorchClassifierBackend:
