@@ -173,3 +173,45 @@ def test_an_absurd_budget_is_accepted_and_ctrl_c_stops_the_run_within_it(tmp_pat
     result = stopped.value.result
     assert result.status == "interrupted" and result.steps >= 1 and result.queries_used <= 10**12
     assert (out / "checkpoint").exists() and json.loads((out / "result.json").read_text())["budget"] == 10**12
+
+
+def test_a_batch_limit_refusal_names_the_fix_and_the_resume_that_takes_it(tmp_path, capsys):
+    """Triton's 400 "batch-size must be <= N": the hint names --http-max-batch N, which a resume may now change."""
+    out = tmp_path / "run"
+    limit = {"on": True}
+    refusal = Fault("status", 400, b'{"error": "inference request batch-size must be <= 64"}')
+
+    def script(n: int) -> Fault:
+        return refusal if limit["on"] and n >= 4 else OK
+
+    with ScriptedServer(ToyBackend(), script) as server:
+        flags = ["--backend", server.url, "--optimizer", "cma", "--mapping", "frequency", "--budget", "1500",
+                 "--batch-size", "8", "--grid", "4", "--val", "60", "--test", "120", "--train", "400", "--quiet"]
+        assert main(["optimize", *flags, "--out", str(out)]) == 1
+        error = capsys.readouterr().err
+        assert "answered 400" in error and "batch-size must be <= 64" in error
+        assert (f"lower the images per request with --http-max-batch 64 (it may be given with --resume), then resume "
+                f"with `bbvp optimize --resume {out}`") in error
+        limit["on"] = False  # the server takes the smaller requests
+        assert main(["optimize", "--resume", str(out), "--http-max-batch", "64"]) == 0
+    assert "http_max_batch = 64" in (out / CONFIG).read_text()  # kept for later resumes
+    resumed = [line for line in journal(out) if line["event"] == "resume"]
+    assert resumed[-1]["changed"] == {"http_max_batch": 64}
+    assert json.loads((out / "result.json").read_text())["status"] == "finished"
+
+
+def test_an_answer_a_resume_cannot_fix_gets_no_resume_hint(tmp_path, capsys):
+    """A server answering logits (negative scores): resuming would fail the same way, so the hint says what to change."""
+    out = tmp_path / "run"
+    logits = Fault("body", body=json.dumps({"scores": [[-1.0] * 20] * 64}).encode())
+
+    def script(n: int) -> Fault:
+        return logits if n >= 4 else OK
+
+    with ScriptedServer(ToyBackend(), script) as server:
+        flags = ["--backend", server.url, "--optimizer", "cma", "--mapping", "frequency", "--budget", "1500",
+                 "--batch-size", "8", "--grid", "4", "--val", "60", "--test", "120", "--train", "400", "--quiet"]
+        assert main(["optimize", *flags, "--out", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert "negative" in error and "resume with" not in error
+    assert "a resume would send the same request and fail the same way" in error

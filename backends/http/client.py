@@ -397,6 +397,7 @@ class HTTPBackend(Backend):
                 error = BackendError(self._mask(f"{self.format} answer from {call.url} does not fit the format: "
                                                 f"{error}"))
             self._failed(call, count, None, error, retry=False, status=200)
+            error.status = 200  # an answer came, but not one to use: sending it again would not help
             raise error from None
 
     async def _request(self, call: Call, count: int, missing_ok: bool = False) -> Any:
