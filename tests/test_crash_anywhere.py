@@ -11,13 +11,13 @@ added later, since every query and every white-box forward is announced there. T
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from forking import in_child
 from torch import nn
 
 from backends import Backend
@@ -49,20 +49,14 @@ def sends(out: Path) -> list[dict]:
 
 
 def killed_at(at: int, config: RunConfig, make_backend: Callable[[], Backend]) -> int:
-    """Run ``config`` in a forked process that dies at its ``at``-th query; its exit code."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.12+ warns of fork in a threaded process
-        pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.environ[CRASH_AT_SEND] = str(at)
-            torch.set_num_threads(1)
-            optimize(config, backend=make_backend())
-            code = 0  # the run ended before that query: the test is wrong
-        finally:
-            os._exit(code)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    """Run ``config`` in a forked process that dies at its ``at``-th query; its exit code (137)."""
+    def work() -> int:
+        os.environ[CRASH_AT_SEND] = str(at)
+        torch.set_num_threads(1)
+        optimize(config, backend=make_backend())
+        return 0  # the run ended before that query: the test is wrong
+
+    return in_child(work)
 
 
 def same_result(a, b) -> bool:

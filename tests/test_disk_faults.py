@@ -4,15 +4,12 @@ size limit (RLIMIT_FSIZE), so writes past it fail with EFBIG, half-way through a
 
 from __future__ import annotations
 
-import os
 import resource
 import signal
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pytest
+from forking import in_child
 
 from backends import BackendWrapper
 from backends.toy import ToyBackend
@@ -32,20 +29,6 @@ def limit_file_size(size: int) -> None:
     """From now on, this process cannot write a file past ``size`` bytes (EFBIG, as a full disk would refuse)."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the write kills the process instead of failing
     resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-
-
-def in_child(work: Callable[[], int]) -> int:
-    """Run ``work`` in a forked process; its return value is the exit code (1 if it raised)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.12+ warns of fork in a threaded process
-        pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            code = work()
-        finally:
-            os._exit(code)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 class DiskFillsAt(BackendWrapper):
