@@ -10,8 +10,9 @@ from backends.base import Backend
 class ToyBackend(Backend):
     """A fixed random linear map from 8x8-pooled pixels to K logits, then softmax.
 
-    Deterministic for a given ``seed``; any input size is average-pooled to 8x8 first, so the
-    whole image (prompt border included) moves the scores.
+    Deterministic for a given ``seed``, and an image's scores do not depend on the images sent with it
+    (to the last bit: however a call is split into requests); any input size is average-pooled to 8x8
+    first, so the whole image (prompt border included) moves the scores.
     """
 
     def __init__(self, num_labels: int = 20, seed: int = 0, image_size: tuple[int, int] = (64, 64),
@@ -29,7 +30,9 @@ class ToyBackend(Backend):
             raise ValueError(f"toy backend needs sides divisible by 8, got {h}x{w}")
         x = images.astype(np.float64) / 127.5 - 1.0
         pooled = x.reshape(n, 8, h // 8, 8, w // 8, 3).mean(axis=(2, 4)).reshape(n, -1)
-        logits = pooled @ self.weights + self.bias
+        # a lone image goes in as a pair: numpy's matrix-vector product rounds differently from its matrix product
+        rows = pooled if n > 1 else np.repeat(pooled, 2, axis=0)
+        logits = (rows @ self.weights)[:n] + self.bias
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         return probs / probs.sum(axis=1, keepdims=True)
