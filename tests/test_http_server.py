@@ -198,6 +198,8 @@ def test_bad_fault_and_limit_settings_are_refused():
         Faults(failure_rate=1.5)
     with pytest.raises(ValueError, match="failure_codes"):
         Faults(failure_codes=(200,))
+    with pytest.raises(ValueError, match="latency_per_image.* must be >= 0"):
+        Faults(latency_per_image=-0.01)
     with pytest.raises(ValueError, match="positive"):
         Limits(max_batch=0)
     with pytest.raises(ValueError, match="model name"):
