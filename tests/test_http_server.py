@@ -95,9 +95,11 @@ def test_health_metadata_and_the_model_list(url):
     ("hf-image-classification", "/hf/models/toy", {"labels": TOY.labels, "image_size": (64, 64)}, False),
 ])
 def test_each_format_gives_the_local_models_scores_and_is_counted(url, images, format, path, options, exact):
-    before = stats(url)
     model = HTTPBackend(url + path, format, **options)
     try:
+        model.query(images)  # the first call grows the images per request from 1 to the server's max_batch
+        assert model.sizer.limit == (1 if format.startswith("hf") else 64)
+        before = stats(url)
         scores = model.query(images)
     finally:
         model.close()
