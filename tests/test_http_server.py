@@ -246,6 +246,20 @@ def test_a_run_over_the_bbvp_protocol_equals_the_local_run():
     assert result.history == expected.history and result.test_accuracy == expected.test_accuracy
 
 
+def test_no_request_risks_the_timeout_so_the_server_scores_each_image_once():
+    """Issue 18: at 10 ms an image and a 1 s timeout, a request of the server's max_batch (256 images) takes
+    2.6 s. Requests start at one image and grow only while they stay under a quarter of the timeout, so
+    none times out, and the server scores exactly the images the run receives."""
+    expected = optimize(run_config())
+    with running(create_app(ToyBackend(), "toy", faults=Faults(latency_per_image=0.01))) as address:
+        result = optimize(run_config(backend=address, http_timeout=1.0))
+        served = stats(address)
+    assert served["images"] == result.queries_used + result.test_queries == result.backend_stats["images"]
+    assert result.backend_stats["images_timed_out"] == 0 and result.backend_stats["retries"] == 0
+    assert served["requests"] == result.backend_stats["requests"] - 1  # all but the metadata request
+    assert result.history == expected.history and result.test_accuracy == expected.test_accuracy
+
+
 def test_bbvp_serve_subprocess_and_an_optimize_run_against_it(tmp_path):
     """CI check of issue 5: `bbvp serve` in a subprocess, `bbvp optimize --backend URL --format oip-v2`."""
     bbvp = [sys.executable, "-m", "blackbox_vp.cli"]
