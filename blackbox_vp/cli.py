@@ -91,6 +91,7 @@ def build_parser(settings: dict | None = None) -> argparse.ArgumentParser:
                        help="most pixels per image, read from its header before decoding (decompression bombs)")
     faults = serve.add_argument_group("fault injection, for tests and demos (inference requests only)")
     faults.add_argument("--latency", type=float, default=0.0, help="seconds added to every inference request")
+    faults.add_argument("--latency-per-image", type=float, default=0.0, help="seconds added per image in a request")
     faults.add_argument("--failure-rate", type=float, default=0.0,
                         help="share of inference requests answered with a status from --failure-codes")
     faults.add_argument("--failure-codes", default="503", help="comma-separated statuses, e.g. 503,500")

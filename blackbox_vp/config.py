@@ -73,7 +73,8 @@ class RunConfig:
     image_rate_limit: float | None = option(None, "at most this many images per second to a --backend URL")
     cost_per_image: float = option(0.0, "price of one image answered by a --backend URL; result.json reports the cost")
     http_max_batch: int | None = option(None, "most images per request to a --backend URL (default: the server's "
-                                        "published limit, else a whole call)")
+                                        "published limit, else none); requests start at one image and grow while "
+                                        "answers come within a quarter of --http-timeout")
     http_concurrency: int = option(4, "requests in flight at once to a --backend URL")
     http_timeout: float = option(60.0, "seconds to wait for each answer of a --backend URL (connect: at most 10)")
     http_attempts: int = option(6, "attempts per request to a --backend URL, retries included (connection errors, "

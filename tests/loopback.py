@@ -84,6 +84,22 @@ def always(fault: Fault) -> Script:
     return lambda n: fault
 
 
+class Switched:
+    """The script that answers normally until :meth:`start`, then with ``faults`` in turn, then normally."""
+
+    def __init__(self, *faults: Fault):
+        self.faults = faults
+        self.first: int | None = None
+
+    def start(self, n: int) -> None:
+        """Answer the ``n``-th inference request (from 0) and those after it with the faults."""
+        self.first = n
+
+    def __call__(self, n: int) -> Fault:
+        k = -1 if self.first is None else n - self.first
+        return self.faults[k] if 0 <= k < len(self.faults) else OK
+
+
 REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
            408: "Request Timeout", 413: "Content Too Large", 429: "Too Many Requests", 500: "Internal Server Error",
            502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}

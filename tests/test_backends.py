@@ -14,6 +14,14 @@ def test_toy_returns_probabilities_and_is_deterministic(toy, rng):
     np.testing.assert_array_equal(scores, ToyBackend().query(images))
 
 
+def test_a_toy_images_scores_do_not_depend_on_the_images_sent_with_it(toy, rng):
+    images = rng.integers(0, 256, (300, 64, 64, 3), dtype=np.uint8)
+    scores = toy.query(images)
+    for size in (1, 2, 3, 7, 64, 255):
+        parts = [toy.query(images[start : start + size]) for start in range(0, len(images), size)]
+        np.testing.assert_array_equal(np.concatenate(parts), scores)  # bit for bit
+
+
 def test_batches_larger_than_max_batch_are_split(rng):
     calls = []
 

@@ -1,7 +1,9 @@
-"""HTTPBackend against httpx.MockTransport handlers: batching, concurrency, retries, errors, tokens, rate, cost."""
+"""HTTPBackend against httpx.MockTransport handlers: batching and request sizes, concurrency, retries, timeouts,
+errors, tokens, rate, cost."""
 
 import asyncio
 import base64
+import inspect
 import io
 import json
 import time
@@ -16,7 +18,7 @@ from PIL import Image
 from backends import CountingBackend
 from backends.base import BackendError
 from backends.http import HTTPBackend, is_url, make_http_backend
-from backends.http.client import RateLimiter, parse_retry_after
+from backends.http.client import RateLimiter, RequestSizer, parse_retry_after
 from backends.toy import ToyBackend
 
 URL = "http://model.test"
@@ -28,16 +30,18 @@ def decode(text: str) -> np.ndarray:
         return np.asarray(image)
 
 
-def bbvp_server(max_batch: int | None = None, log: list | None = None):
-    """A handler speaking the bbvp protocol for the toy model; records (method, path, images) in ``log``."""
+def bbvp_server(max_batch: int | None = None, log: list | None = None, seconds_per_image: float = 0.0):
+    """A handler speaking the bbvp protocol for the toy model; records the images of each inference request
+    in ``log`` and answers after ``seconds_per_image`` x images."""
 
-    def handle(request: httpx.Request) -> httpx.Response:
+    async def handle(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/bbvp/v1/model":
             meta = {"labels": TOY.labels, "image_size": [16, 16]}
             return httpx.Response(200, json=meta | ({"max_batch": max_batch} if max_batch else {}))
         images = np.stack([decode(x) for x in json.loads(request.content)["images"]])
         if log is not None:
             log.append(len(images))
+        await asyncio.sleep(seconds_per_image * len(images))
         return httpx.Response(200, json={"scores": TOY.query(images).tolist()})
 
     return handle
@@ -48,10 +52,12 @@ def sequence(*responses, then=None):
     queue = list(responses)
     meta = bbvp_server()
 
-    def handle(request: httpx.Request) -> httpx.Response:
+    async def handle(request: httpx.Request) -> httpx.Response:
         if request.method == "GET":
-            return meta(request)
+            return await meta(request)
         answer = queue.pop(0) if queue else then(request)
+        if inspect.isawaitable(answer):
+            answer = await answer
         if isinstance(answer, Exception):
             raise answer
         return answer
@@ -59,8 +65,7 @@ def sequence(*responses, then=None):
     return handle
 
 
-def ok(request: httpx.Request) -> httpx.Response:
-    return bbvp_server()(request)
+ok = bbvp_server()
 
 
 def backend(handler, **options) -> HTTPBackend:
@@ -73,15 +78,18 @@ def images(rng) -> np.ndarray:
     return rng.integers(0, 256, (10, 16, 16, 3), dtype=np.uint8)
 
 
-def test_one_call_goes_out_as_one_request_and_matches_the_model(images):
+def test_the_first_request_carries_one_image_and_a_later_call_goes_out_as_one_request(images):
     log = []
     model = backend(bbvp_server(log=log))
     try:
         np.testing.assert_array_equal(model.query(images), TOY.query(images))
-        assert log == [10] and model.labels == TOY.labels and model.image_size == (16, 16)
-        assert model.stats() == {"requests": 2, "retries": 0, "failures": 0, "images_sent": 10, "images": 10,
-                                 "cost": 0.0}  # metadata + one batch
-        assert model.query(images[:0]).shape == (0, 6) and model.requests == 2
+        # one image alone; then 4 requests in flight, cut at the limit of the moment (2, doubled by each answer)
+        assert log == [1, 2, 2, 2, 2, 1] and model.sizer.limit == 64
+        np.testing.assert_array_equal(model.query(images), TOY.query(images))
+        assert log[6:] == [10] and model.labels == TOY.labels and model.image_size == (16, 16)
+        assert model.stats() == {"requests": 8, "retries": 0, "failures": 0, "images_sent": 20, "images_timed_out": 0,
+                                 "images": 20, "cost": 0.0}  # metadata + 6 requests + one batch
+        assert model.query(images[:0]).shape == (0, 6) and model.requests == 8
     finally:
         model.close()
         model.close()
@@ -92,17 +100,71 @@ def test_the_servers_max_batch_splits_a_call_in_order(images):
     log = []
     model = backend(bbvp_server(max_batch=4, log=log))
     try:
+        model.query(images)  # the first call grows the limit from 1 (test above)
+        log.clear()
         np.testing.assert_array_equal(model.query(images), TOY.query(images))
-        assert sorted(log) == [2, 4, 4] and model.max_batch == 4
+        assert sorted(log) == [2, 4, 4] and model.max_batch == model.sizer.limit == 4
     finally:
         model.close()
-    log.clear()
     model = backend(bbvp_server(max_batch=4, log=log), max_batch=3)  # the smaller limit wins
     try:
+        model.query(images)
+        log.clear()
         model.query(images)
         assert sorted(log) == [1, 3, 3, 3]
     finally:
         model.close()
+
+
+def test_request_sizes_start_at_one_image_and_double_with_each_answer_up_to_the_cap(rng):
+    log = []
+    batch = rng.integers(0, 256, (60, 16, 16, 3), dtype=np.uint8)
+    model = backend(bbvp_server(log=log), max_batch=16, concurrency=1)
+    try:
+        np.testing.assert_array_equal(model.query(batch), TOY.query(batch))
+        assert log == [1, 2, 4, 8, 16, 16, 13]
+    finally:
+        model.close()
+
+
+def test_request_sizes_stay_under_a_quarter_of_the_timeout_at_the_slowest_recent_answer(rng):
+    # 20 ms per image and a 1 s timeout: a request of 12 images takes 0.24 s, a quarter of it; the first
+    # request's fixed cost (encoding, the round trip) may make one image look a little slower.
+    log = []
+    batch = rng.integers(0, 256, (100, 16, 16, 3), dtype=np.uint8)
+    model = backend(bbvp_server(log=log, seconds_per_image=0.02), timeout=1.0, concurrency=1)
+    try:
+        model.query(batch)
+        assert log[:4] == [1, 2, 4, 8] and sum(log) == 100
+        assert all(8 <= size <= 12 for size in log[4:-1]) and log[-1] <= 12
+        assert model.stats()["images_timed_out"] == 0
+    finally:
+        model.close()
+
+
+def test_the_request_sizer_rule():
+    sizer = RequestSizer(cap=100, timeout=4.0)  # a request should take at most 1 s
+    sizes = []
+    for _ in range(8):
+        sizes.append(sizer.limit)
+        sizer.answered(sizer.limit, 0.05 * sizer.limit)  # 50 ms per image: 20 images take 1 s
+    assert sizes == [1, 2, 4, 8, 16, 20, 20, 20]
+    sizer.timed_out()
+    assert sizer.limit == 10
+    sizer.answered(10, 5.0)  # 0.5 s per image: 2 images a request
+    assert sizer.limit == 2
+    for _ in range(RequestSizer.RECENT - 1):
+        sizer.answered(2, 0.1)  # fast again, but the slow answer is still among the last RECENT
+        assert sizer.limit == 2
+    sizer.answered(2, 0.1)  # ... and now it is not
+    assert sizer.limit == 4
+    for _ in range(5):
+        sizer.timed_out()
+    assert sizer.limit == 1  # never below 1
+    small = RequestSizer(cap=3, timeout=60.0)
+    for _ in range(4):
+        small.answered(small.limit, 0.001)
+    assert small.limit == 3  # never above the cap
 
 
 def test_one_image_formats_send_concurrently_within_the_limit(images):
@@ -152,10 +214,44 @@ def test_requests_leave_in_the_calls_order_while_images_are_encoded_alongside():
 def test_retryable_statuses_and_connection_errors_are_retried(images):
     answers = [httpx.Response(503), httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), httpx.Response(429),
                httpx.Response(502)]
-    model = backend(sequence(*answers, then=ok))
+    log = []
+    model = backend(sequence(*answers, then=bbvp_server(log=log)))
     try:
         np.testing.assert_array_equal(model.query(images), TOY.query(images))
-        assert model.retries == 5 and model.images_answered == 10
+        assert model.retries == 5 and model.images_answered == 10 and log[0] == 1  # the faults met the first request
+        assert model.images_timed_out == 1  # the read timeout's image; the refused connection sent nothing
+    finally:
+        model.close()
+
+
+def test_a_timed_out_attempt_counts_its_images_as_possibly_paid_and_halves_the_limit(rng):
+    batch = rng.integers(0, 256, (24, 16, 16, 3), dtype=np.uint8)
+    log, pending = [], []
+    served = bbvp_server(log=log)
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and pending:
+            raise pending.pop(0)
+        return await served(request)
+
+    model = backend(handle, max_batch=16, concurrency=1, max_attempts=1)
+    try:
+        model.query(batch[:15])  # 1 + 2 + 4 + 8 images: the limit is now 16
+        assert model.sizer.limit == 16
+        pending += [httpx.ReadTimeout("slow"), httpx.ConnectTimeout("no connection"), httpx.ReadTimeout("slow again")]
+        with pytest.raises(BackendError, match="ReadTimeout"):
+            model.query(batch[:16])
+        assert model.stats()["images_timed_out"] == 16 and model.sizer.limit == 8
+        with pytest.raises(BackendError, match="ConnectTimeout"):
+            model.query(batch[:16])  # 8 images, but nothing went out: not counted, the limit stays
+        assert model.stats()["images_timed_out"] == 16 and model.sizer.limit == 8
+        model.max_attempts = 2
+        log.clear()
+        np.testing.assert_array_equal(model.query(batch), TOY.query(batch))
+        # the first 8 images timed out (the limit halved to 4), their retry was answered (doubled back to 8)
+        assert log == [8, 8, 8] and model.stats() | {"requests": 0} == {
+            "requests": 0, "retries": 1, "failures": 3, "images_sent": 15 + 16 + 8 + 8 + 24,
+            "images_timed_out": 16 + 8, "images": 15 + 24, "cost": 0.0}
     finally:
         model.close()
 
@@ -326,8 +422,8 @@ def test_rate_limits_space_requests_and_images(images):
     model = backend(bbvp_server(max_batch=5), image_rate_limit=50)
     try:
         started = time.monotonic()
-        model.query(images)  # metadata (0 images), then 5 + 5 images: a gap of 5/50 s before the second batch
-        assert time.monotonic() - started >= 0.095
+        model.query(images)  # metadata (0 images), then 1, 2, 2, 2, 2, 1 images: 9/50 s before the last request
+        assert time.monotonic() - started >= 0.175
     finally:
         model.close()
     with pytest.raises(ValueError, match="rate_limit must be a positive number"):
@@ -342,7 +438,8 @@ def test_cost_counts_answered_images_and_survives_the_counting_wrapper(images):
         counted.query(images[:3])
         assert counted.images_sent == model.images_answered == 13
         assert model.spent == pytest.approx(0.026) and model.stats()["cost"] == pytest.approx(0.026)
-        assert model.stats()["requests"] == 1 + 3  # metadata, one 503 and two answered calls
+        assert model.stats()["requests"] == 1 + 1 + 6 + 1  # metadata, one 503, 6 requests for the first call
+        # (1, 2, 2, 2, 2 and 1 images) and one for the second
     finally:
         counted.close()
 

@@ -17,7 +17,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from loopback import OK, Fault, ScriptedServer, always, running, sequence
+from loopback import Fault, ScriptedServer, Switched, always, running
 
 from backends import BudgetExhausted, CountingBackend
 from backends.base import BackendError
@@ -28,6 +28,7 @@ from backends.toy import ToyBackend
 TOY = ToyBackend(num_labels=5, image_size=(8, 8))
 BUDGET = 25
 TIMEOUT = 1.5  # the client's read timeout, far above a loaded CI machine's slowest answer; a stall is longer
+FIRST_CALL = 6  # requests of a client's first call of 12 images: 1 image alone, then 2, 2, 2, 2 and 3 (RequestSizer)
 
 
 @pytest.fixture(scope="module")
@@ -63,25 +64,30 @@ RECOVERED = {
 @pytest.mark.parametrize("faults", RECOVERED.values(), ids=RECOVERED.keys())
 def test_retryable_faults_recover_to_the_clean_scores_within_the_budget(images, faults):
     events: list[dict] = []
-    with ScriptedServer(TOY, sequence(*faults)) as server:
+    script = Switched(*faults)
+    with ScriptedServer(TOY, script) as server:
         model = client(server.url, events)
         counted = CountingBackend(model, budget=BUDGET)
         try:
             started = time.monotonic()
-            first, second = counted.query(images), counted.query(images[:6])
+            first = counted.query(images)
+            assert server.received == FIRST_CALL and model.sizer.limit >= 6
+            script.start(server.received)
+            second = counted.query(images[:6])  # one request, which meets the faults
             elapsed = time.monotonic() - started
             np.testing.assert_array_equal(first, TOY.query(images))  # the same scores as with no fault
             np.testing.assert_array_equal(second, TOY.query(images[:6]))
             with pytest.raises(BudgetExhausted):
                 counted.query(images)  # 18 + 12 > 25: refused before sending
-            assert server.received == len(faults) + 2  # ... so the server never saw it
+            assert server.received == FIRST_CALL + len(faults) + 1  # ... so the server never saw it
         finally:
             counted.close()
     assert counted.images_sent == server.images_answered == 18 <= BUDGET
-    assert model.stats() | {"cost": 0} == {"requests": 1 + len(faults) + 2, "retries": len(faults),
-                                           "failures": len(faults), "images_sent": 12 * (len(faults) + 1) + 6,
-                                           "images": 18, "cost": 0}
-    assert len(events) == len(faults) and all(event["retry"] and event["images"] == 12 for event in events)
+    stalls = faults.count(STALL)
+    assert model.stats() | {"cost": 0} == {"requests": 1 + FIRST_CALL + len(faults) + 1, "retries": len(faults),
+                                           "failures": len(faults), "images_sent": 12 + 6 * (len(faults) + 1),
+                                           "images_timed_out": 6 * stalls, "images": 18, "cost": 0}
+    assert len(events) == len(faults) and all(event["retry"] and event["images"] == 6 for event in events)
     assert [event["attempt"] for event in events] == list(range(1, len(faults) + 1))
     assert all(event["url"] == f"{server.url}/bbvp/v1/predict" for event in events)
     if "Retry-After" in str(faults[0].headers) and faults[0].headers[0][1] == "1":
@@ -103,20 +109,24 @@ NEVER_RECOVER = {
 @pytest.mark.parametrize("fault, match", NEVER_RECOVER.values(), ids=NEVER_RECOVER.keys())
 def test_persistent_faults_stop_after_the_attempts_with_the_url_and_status(images, fault, match):
     events: list[dict] = []
-    with ScriptedServer(TOY, sequence(OK, *[fault] * 10)) as server:
+    script = Switched(*[fault] * 10)
+    with ScriptedServer(TOY, script) as server:
         model = client(server.url, events, max_attempts=3)
         counted = CountingBackend(model, budget=BUDGET)
         try:
             counted.query(images)
+            assert server.received == FIRST_CALL and model.sizer.limit >= 12
+            script.start(server.received)
             with pytest.raises(BackendError, match=match) as error:
-                counted.query(images)
+                counted.query(images)  # one request of 12 images
         finally:
             counted.close()
     assert f"{server.url}/bbvp/v1/predict" in str(error.value)
-    assert server.received == 1 + 3  # bounded: exactly max_attempts tries
+    assert server.received == FIRST_CALL + 3  # bounded: exactly max_attempts tries
     assert getattr(error.value, "status", None) == (fault.status if fault.kind == "status" else None)
     assert counted.images_sent == server.images_answered == 12  # the failed call is not counted as answered
-    assert [(e["attempt"], e["retry"]) for e in events] == [(1, True), (2, True), (3, False)]
+    assert model.images_timed_out == (36 if fault is STALL else 0)  # each of the 3 tries, possibly scored
+    assert [(e["attempt"], e["retry"], e["images"]) for e in events] == [(1, True, 12), (2, True, 12), (3, False, 12)]
 
 
 REFUSED = {
@@ -147,18 +157,21 @@ REFUSED = {
 @pytest.mark.parametrize("fault, match", REFUSED.values(), ids=REFUSED.keys())
 def test_refusals_and_bad_answers_stop_at_once_with_a_clear_error(images, fault, match):
     events: list[dict] = []
-    with ScriptedServer(TOY, sequence(OK, fault)) as server:
+    script = Switched(fault)
+    with ScriptedServer(TOY, script) as server:
         model = client(server.url, events)
         counted = CountingBackend(model, budget=BUDGET)
         try:
             counted.query(images)
+            assert server.received == FIRST_CALL and model.sizer.limit >= 12
+            script.start(server.received)
             with pytest.raises(BackendError, match=match) as error:
-                counted.query(images)
+                counted.query(images)  # one request of 12 images
             np.testing.assert_array_equal(counted.query(images[:3]), TOY.query(images[:3]))  # the backend still works
         finally:
             counted.close()
     assert f"{server.url}/bbvp/v1/predict" in str(error.value)
-    assert server.received == 3  # not retried: a second try would get the same answer
+    assert server.received == FIRST_CALL + 2  # not retried: a second try would get the same answer
     assert counted.images_sent == server.images_answered == 15 <= BUDGET
     assert len(events) == 1 and events[0]["retry"] is False
 

@@ -95,9 +95,11 @@ def test_health_metadata_and_the_model_list(url):
     ("hf-image-classification", "/hf/models/toy", {"labels": TOY.labels, "image_size": (64, 64)}, False),
 ])
 def test_each_format_gives_the_local_models_scores_and_is_counted(url, images, format, path, options, exact):
-    before = stats(url)
     model = HTTPBackend(url + path, format, **options)
     try:
+        model.query(images)  # the first call grows the images per request from 1 to the server's max_batch
+        assert model.sizer.limit == (1 if format.startswith("hf") else 64)
+        before = stats(url)
         scores = model.query(images)
     finally:
         model.close()
@@ -198,6 +200,8 @@ def test_bad_fault_and_limit_settings_are_refused():
         Faults(failure_rate=1.5)
     with pytest.raises(ValueError, match="failure_codes"):
         Faults(failure_codes=(200,))
+    with pytest.raises(ValueError, match="latency_per_image.* must be >= 0"):
+        Faults(latency_per_image=-0.01)
     with pytest.raises(ValueError, match="positive"):
         Limits(max_batch=0)
     with pytest.raises(ValueError, match="model name"):
@@ -239,6 +243,20 @@ def test_a_run_over_the_bbvp_protocol_equals_the_local_run():
         finally:
             model.close()
         assert stats(address)["images"] == local.images_sent
+    assert result.history == expected.history and result.test_accuracy == expected.test_accuracy
+
+
+def test_no_request_risks_the_timeout_so_the_server_scores_each_image_once():
+    """Issue 18: at 10 ms an image and a 1 s timeout, a request of the server's max_batch (256 images) takes
+    2.6 s. Requests start at one image and grow only while they stay under a quarter of the timeout, so
+    none times out, and the server scores exactly the images the run receives."""
+    expected = optimize(run_config())
+    with running(create_app(ToyBackend(), "toy", faults=Faults(latency_per_image=0.01))) as address:
+        result = optimize(run_config(backend=address, http_timeout=1.0))
+        served = stats(address)
+    assert served["images"] == result.queries_used + result.test_queries == result.backend_stats["images"]
+    assert result.backend_stats["images_timed_out"] == 0 and result.backend_stats["retries"] == 0
+    assert served["requests"] == result.backend_stats["requests"] - 1  # all but the metadata request
     assert result.history == expected.history and result.test_accuracy == expected.test_accuracy
 
 

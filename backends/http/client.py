@@ -7,6 +7,9 @@ flight (PIL and zlib release the GIL), so encoding overlaps the network wait ins
 one worker keeps the requests in the call's order. The only network boundary is that client's
 transport, which tests replace with ``httpx.MockTransport``.
 
+Images per request follow :class:`RequestSizer`: the first request carries one image, and later ones
+grow while answers come back well within the timeout, up to the hard cap (``max_batch``).
+
 Secrets: the token comes from an environment variable (``token_env``) or a file only its owner can
 read (``token_file``, mode 0600), never from the URL or the command line. It goes into one request
 header and nowhere else: error messages, log records and failure events mask it, and a URL with a
@@ -28,6 +31,7 @@ import sys
 import threading
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -189,6 +193,44 @@ class RateLimiter:
         await asyncio.sleep(start - now)
 
 
+class RequestSizer:
+    """How many images the next inference request carries (``limit``), adapted to how fast answers come.
+
+    It starts at 1. After each answered request it becomes the smallest of: twice what it was, the hard
+    ``cap``, and the most images a request can carry while its projected time stays under ``share`` of
+    ``timeout``, projected at the largest seconds per image (request seconds / images) among the last
+    ``RECENT`` answers; never below 1. A timed-out attempt halves it.
+    """
+
+    RECENT = 8
+
+    def __init__(self, cap: int, timeout: float, share: float = 0.25):
+        self.cap = cap
+        self.target = share * timeout
+        self.limit = 1
+        self.answers = 0
+        self._seconds_per_image: deque[float] = deque(maxlen=self.RECENT)
+
+    def answered(self, images: int, seconds: float) -> None:
+        """A request of ``images`` images was answered after ``seconds``."""
+        self.answers += 1
+        self._seconds_per_image.append(seconds / images)
+        slowest = max(self._seconds_per_image)
+        fits = int(self.target / slowest) if slowest > 0 else self.cap
+        self.limit = max(1, min(2 * self.limit, self.cap, fits))
+
+    def timed_out(self) -> None:
+        """An attempt timed out waiting for its answer."""
+        self.limit = max(1, self.limit // 2)
+
+
+def _waited_for_answer(error: BaseException) -> bool:
+    """Whether ``error`` is a timeout after the request went out (not while connecting or waiting for a
+    connection: then nothing was sent), so the server may have scored, and billed, its images."""
+    return isinstance(error, httpx.TimeoutException) and not isinstance(error, (httpx.ConnectTimeout,
+                                                                                httpx.PoolTimeout))
+
+
 class _LoopThread:
     """An asyncio event loop on a daemon thread; :meth:`run` hands it a coroutine and waits for the result."""
 
@@ -220,7 +262,9 @@ class HTTPBackend(Backend):
     parameters), else from ``labels``; an ``oip-v2`` server that only publishes its output shape
     [N, K] gets labels "0".."K-1". ``image_size`` and ``max_batch`` likewise come from the metadata,
     else from the arguments (default 224 x 224 and no limit; one image per request for formats
-    without batches).
+    without batches). ``max_batch`` is the hard cap on images per request; below it, ``sizer``
+    (:class:`RequestSizer`) sets each request's size: the first carries one image, so a misconfigured
+    server costs one image, and later ones grow while answers come back within a quarter of ``timeout``.
 
     Failed requests are retried (connection errors, timeouts, 408/425/429/500/502/503/504) up to
     ``max_attempts`` in all, waiting what Retry-After or Hugging Face's ``estimated_time`` says (at
@@ -233,7 +277,8 @@ class HTTPBackend(Backend):
 
     Every failed attempt (retried or final) is logged on the ``backends.http.client`` logger and, when
     given, passed to ``on_failure`` as an event dict (see :meth:`_failed`). ``stats()`` reports
-    requests, retries, failed attempts, images sent (retries included), images answered and their cost.
+    requests, retries, failed attempts, images sent (retries included), images in attempts that timed
+    out waiting for the answer (possibly scored and billed), images answered and their cost.
     """
 
     def __init__(self, url: str, format: str = "bbvp", *, labels: Sequence[str] | None = None,
@@ -264,11 +309,13 @@ class HTTPBackend(Backend):
         self.retries = 0
         self.failures = 0  # failed attempts, retried or not
         self.images_sent = 0  # images in inference requests sent, retries included: what went over the wire
+        self.images_timed_out = 0  # images in attempts that timed out after going out: possibly scored and billed
         self.images_answered = 0  # images in answered requests: what the server scored for us
         self.on_failure = on_failure
         self._backoff = wait_random_exponential(multiplier=backoff, max=max_backoff)
         self._max_retry_after = max_retry_after
         self._limiter = RateLimiter(rate_limit, image_rate_limit)
+        self._concurrency = concurrency
         self._semaphore = asyncio.Semaphore(concurrency)
         self._token = self._read_token(token_env, token_file)
         headers = {}
@@ -362,27 +409,47 @@ class HTTPBackend(Backend):
         self.image_size = info.image_size or (tuple(image_size) if image_size is not None else (224, 224))
         limits = [limit for limit in (info.max_batch, max_batch, None if self.codec.batched else 1) if limit]
         self.max_batch = min(limits) if limits else sys.maxsize
+        self.sizer = RequestSizer(self.max_batch, self._client.timeout.read)
 
     def query(self, images: np.ndarray) -> np.ndarray:
-        """Score ``images`` (uint8, N x H x W x 3) in as few requests as the format allows, sent concurrently."""
+        """Score ``images`` (uint8, N x H x W x 3) in requests of ``sizer.limit`` images, sent concurrently."""
         images = check_images(images)
         if len(images) == 0:
             return np.zeros((0, self.num_labels))
-        chunks = [images[start : start + self.max_batch] for start in range(0, len(images), self.max_batch)]
-        return np.concatenate(self._loop.run(self._score_all(chunks)), axis=0)
+        return np.concatenate(self._loop.run(self._score_all(images)), axis=0)
 
     def _query_batch(self, images: np.ndarray) -> np.ndarray:
         return self.query(images)
 
-    async def _score_all(self, chunks: list[np.ndarray]) -> list[np.ndarray]:
-        tasks = [asyncio.ensure_future(self._score(chunk)) for chunk in chunks]
+    async def _score_all(self, images: np.ndarray) -> list[np.ndarray]:
+        """The scores of ``images`` in call order, in parts of one request each.
+
+        ``concurrency`` senders each cut the next ``sizer.limit`` images off the call, send them and
+        repeat, so every request takes the limit as the answers so far left it. Until the first answer
+        of this backend, one request goes alone.
+        """
+        parts: dict[int, np.ndarray] = {}
+        cursor = 0
+
+        async def sender() -> None:
+            nonlocal cursor
+            while cursor < len(images):
+                start = cursor
+                cursor = min(len(images), start + self.sizer.limit)
+                parts[start] = await self._score(images[start:cursor])
+
+        if self.sizer.answers == 0:
+            cursor = min(len(images), self.sizer.limit)
+            parts[0] = await self._score(images[:cursor])
+        tasks = [asyncio.ensure_future(sender()) for _ in range(self._concurrency)]
         try:
-            return list(await asyncio.gather(*tasks))
+            await asyncio.gather(*tasks)
         except BaseException:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+        return [parts[start] for start in sorted(parts)]
 
     async def _score(self, chunk: np.ndarray) -> np.ndarray:
         """Encode ``chunk`` on the encoder thread (in call order), send it, decode and check the scores."""
@@ -419,6 +486,9 @@ class HTTPBackend(Backend):
             try:
                 return await self._send(call, count, missing_ok)
             except Exception as error:
+                if count and _waited_for_answer(error):
+                    self.images_timed_out += count
+                    self.sizer.timed_out()
                 retry = _retryable(error) and attempts < self.max_attempts
                 self._failed(call, count, attempts, error, retry, seconds=time.monotonic() - started)
                 raise
@@ -478,8 +548,10 @@ class HTTPBackend(Backend):
             await self._limiter.wait(count)
             self.requests += 1
             self.images_sent += count
+            started = time.monotonic()
             response = await self._client.request(call.method, call.url, json=call.json, content=call.content,
                                                   headers=call.headers)
+            seconds = time.monotonic() - started
         status = response.status_code
         if status in RETRY_STATUSES:
             hint = parse_retry_after(response.headers.get("retry-after"))
@@ -505,6 +577,8 @@ class HTTPBackend(Backend):
             failure.status = status
             raise failure from None
         self.images_answered += count
+        if count:
+            self.sizer.answered(count, seconds)
         return payload
 
     def _excerpt(self, response: httpx.Response) -> str:
@@ -520,9 +594,11 @@ class HTTPBackend(Backend):
 
     def stats(self) -> dict[str, float]:
         """Requests sent (retries and metadata included), retries, failed attempts, images sent (retries
-        included), images answered and their cost."""
+        included), images timed out (in attempts that timed out waiting for the answer: the server may
+        have scored, and billed, them), images answered and their cost."""
         return {"requests": self.requests, "retries": self.retries, "failures": self.failures,
-                "images_sent": self.images_sent, "images": self.images_answered, "cost": self.spent}
+                "images_sent": self.images_sent, "images_timed_out": self.images_timed_out,
+                "images": self.images_answered, "cost": self.spent}
 
     def close(self) -> None:
         """Close the connections and stop the event loop thread. Safe to call twice."""

@@ -4,7 +4,8 @@ and the Hugging Face shape, on FastAPI and uvicorn.
 Endpoints (MODEL is the served name):
 
 - ``GET /health/live``, ``GET /health/ready`` (and OIP's ``/v2/health/live``, ``/v2/health/ready``);
-- ``GET /stats``: inference requests and images served, faults injected, requests refused;
+- ``GET /stats``: inference requests and images served (scored and answered, whether or not the client
+  still waited for the answer), faults injected, requests refused;
 - bbvp: ``GET /bbvp/v1/model``, ``POST /bbvp/v1/predict``;
 - OIP V2: ``GET /v2``, ``GET /v2/models``, ``POST /v2/repository/index``, ``GET /v2/models/MODEL``,
   ``GET /v2/models/MODEL/ready``, ``POST /v2/models/MODEL/infer`` (BYTES base64 PNG or UINT8 [N, H, W, 3]);
@@ -13,10 +14,11 @@ Endpoints (MODEL is the served name):
 
 Limits guard the server: body size, images per request, pixels per image (checked from the image
 header before decoding, against decompression bombs). Fault injection (:class:`Faults`) answers some
-inference requests with chosen errors, 429 with Retry-After, added latency or truncated bodies, from a
-seeded generator, for tests and demos. Errors are JSON ``{"error": message}``: 4xx for a request the
-server refuses (never a traceback), 500 with a fixed message when the model itself fails (the
-traceback goes to the server's log). Requests never name files: images travel in the body only.
+inference requests with chosen errors, 429 with Retry-After, added latency (per request and per image)
+or truncated bodies, from a seeded generator, for tests and demos. Errors are JSON ``{"error":
+message}``: 4xx for a request the server refuses (never a traceback), 500 with a fixed message when the
+model itself fails (the traceback goes to the server's log). Requests never name files: images travel
+in the body only.
 """
 
 from __future__ import annotations
@@ -69,11 +71,14 @@ class Faults:
 
     Every ``rate_limit_every``-th inference request is answered 429 with ``Retry-After: retry_after``;
     of the others, a ``failure_rate`` share is answered with one of ``failure_codes``, and a
-    ``truncate_rate`` share gets its JSON body cut in half; ``latency`` seconds are added to each.
-    Draws come from a generator seeded with ``seed``, so a sequence of requests meets the same faults.
+    ``truncate_rate`` share gets its JSON body cut in half; ``latency`` seconds are added to each, and
+    ``latency_per_image`` seconds per image once the images are scored (so the answer comes late, as from
+    a slow model; requests wait alongside one another, not in turn). Draws come from a generator seeded
+    with ``seed``, so a sequence of requests meets the same faults.
     """
 
     latency: float = 0.0
+    latency_per_image: float = 0.0
     failure_rate: float = 0.0
     failure_codes: tuple[int, ...] = (503,)
     rate_limit_every: int = 0
@@ -85,8 +90,8 @@ class Faults:
         for name in ("failure_rate", "truncate_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
-        if self.latency < 0 or self.rate_limit_every < 0 or self.retry_after < 0:
-            raise ValueError("latency, rate_limit_every and retry_after must be >= 0")
+        if self.latency < 0 or self.latency_per_image < 0 or self.rate_limit_every < 0 or self.retry_after < 0:
+            raise ValueError("latency, latency_per_image, rate_limit_every and retry_after must be >= 0")
         if not self.failure_codes or not all(400 <= code <= 599 for code in self.failure_codes):
             raise ValueError(f"failure_codes must be HTTP error statuses (400-599), got {self.failure_codes}")
 
@@ -258,6 +263,8 @@ def create_app(backend: Backend, name: str = "model", limits: Limits | None = No
         if state.faults.latency:
             await asyncio.sleep(state.faults.latency)
         payload, images = await run_in_threadpool(work, body, request.headers.get("content-type", ""))
+        if state.faults.latency_per_image:
+            await asyncio.sleep(state.faults.latency_per_image * images)
         content = json.dumps(payload, allow_nan=False, separators=(",", ":")).encode()
         if truncate:
             with state.lock:
@@ -442,9 +449,9 @@ def serve(backend: Backend, host: str = "127.0.0.1", port: int = 8000, *, name: 
 
 def serve_command(backend: str = "reference", host: str = "127.0.0.1", port: int = 8000, *, name: str | None = None,
                   device: str = "cpu", max_body_mb: float = 64.0, max_batch: int | None = None,
-                  max_pixels: int = 4096 * 4096, latency: float = 0.0, failure_rate: float = 0.0,
-                  failure_codes: str = "503", rate_limit_every: int = 0, retry_after: int = 1,
-                  truncate_rate: float = 0.0, fault_seed: int = 0) -> int:
+                  max_pixels: int = 4096 * 4096, latency: float = 0.0, latency_per_image: float = 0.0,
+                  failure_rate: float = 0.0, failure_codes: str = "503", rate_limit_every: int = 0,
+                  retry_after: int = 1, truncate_rate: float = 0.0, fault_seed: int = 0) -> int:
     """`bbvp serve`: build the registered backend ``backend`` and serve it; ``failure_codes`` is "503,500"."""
     from backends import make_backend
 
@@ -453,9 +460,9 @@ def serve_command(backend: str = "reference", host: str = "127.0.0.1", port: int
     except ValueError as error:
         raise ValueError(f"--failure-codes must be comma-separated HTTP statuses, got {failure_codes!r}") from error
     limits = Limits(max_body_bytes=int(max_body_mb * 2**20), max_batch=max_batch, max_pixels=max_pixels)
-    faults = Faults(latency=latency, failure_rate=failure_rate, failure_codes=codes,
-                    rate_limit_every=rate_limit_every, retry_after=retry_after, truncate_rate=truncate_rate,
-                    seed=fault_seed)
+    faults = Faults(latency=latency, latency_per_image=latency_per_image, failure_rate=failure_rate,
+                    failure_codes=codes, rate_limit_every=rate_limit_every, retry_after=retry_after,
+                    truncate_rate=truncate_rate, seed=fault_seed)
     model = make_backend(backend, device=device)
     try:
         serve(model, host, port, name=name or backend, limits=limits, faults=faults)
