@@ -477,7 +477,8 @@ class Run:
         if pooled > initial_pooled:
             state.kept = {"prompt": "searched", "why": judged}
             return searched, head, accuracy
-        state.kept = {"prompt": "initial", "why": judged + " (a tie keeps the initial prompt)"}
+        state.kept = {"prompt": "initial", "why": judged + (" (a tie keeps the initial prompt)" if pooled == initial_pooled
+                                                          else "")}
         return theta, mapping, best_val
 
     def test(self) -> None:

@@ -203,14 +203,15 @@ def test_a_batch_limit_refusal_names_the_fix_and_the_resume_that_takes_it(tmp_pa
 def test_an_answer_a_resume_cannot_fix_gets_no_resume_hint(tmp_path, capsys):
     """A server answering logits (negative scores): resuming would fail the same way, so the hint says what to change."""
     out = tmp_path / "run"
-    logits = Fault("body", body=json.dumps({"scores": [[-1.0] * 20] * 64}).encode())
+    logits = Fault("body", body=json.dumps({"scores": [[-1.0] * 20]}).encode())  # one image per request here
 
     def script(n: int) -> Fault:
         return logits if n >= 4 else OK
 
     with ScriptedServer(ToyBackend(), script) as server:
         flags = ["--backend", server.url, "--optimizer", "cma", "--mapping", "frequency", "--budget", "1500",
-                 "--batch-size", "8", "--grid", "4", "--val", "60", "--test", "120", "--train", "400", "--quiet"]
+                 "--batch-size", "8", "--grid", "4", "--val", "60", "--test", "120", "--train", "400", "--quiet",
+                 "--http-max-batch", "1"]
         assert main(["optimize", *flags, "--out", str(out)]) == 1
     error = capsys.readouterr().err
     assert "negative" in error and "resume with" not in error
