@@ -227,8 +227,7 @@ class Run:
         """
         backend = backend or self.learning
         answered = self.state.scoring.setdefault(key, [])
-        done = sum(len(chunk) for chunk in answered)
-        for start in range(done, len(images), CHUNK):
+        for start in range(self.answered(key), len(images), CHUNK):
             answered.append(score(backend, self.prompt, theta, images[start : start + CHUNK]))
             self.checkpoint()
         if not answered:
