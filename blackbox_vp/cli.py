@@ -278,6 +278,7 @@ def backend_hint(args: argparse.Namespace, error: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from backends import BackendError
+    from backends.counting import BudgetExhausted
     from blackbox_vp.disk import RunDirectoryError
     from blackbox_vp.run import RunInterrupted
 
@@ -297,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BackendError as error:
         print(f"bbvp {args.command}: the backend failed: {error}{backend_hint(args, error)}", file=sys.stderr)
+        return 1
+    except BudgetExhausted as error:  # a stage found no room left, which the budget plan should have prevented
+        print(f"bbvp {args.command}: error: {error}; the run cannot go on within its budget, so it stops here"
+              f"{resume_hint(args)} (a resume may shrink what is left)", file=sys.stderr)
         return 1
     except RunInterrupted as stopped:
         print(f"bbvp {args.command}: {stopped}", file=sys.stderr)

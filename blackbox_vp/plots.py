@@ -12,11 +12,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def plot_curve(path: Path, losses: list[tuple[int, float]], history: list[dict], baseline_val: float) -> None:
-    """Validation accuracy (with the no-prompt baseline as a line) and step loss versus images used."""
+def plot_curve(path: Path, losses: list[tuple[int, float]], history: list[dict], baseline_val: float | None) -> None:
+    """Validation accuracy (with the no-prompt baseline as a line, if it was validated) and step loss versus
+    images used."""
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, layout="constrained")
     top.plot([h["images"] for h in history], [h["val_accuracy"] for h in history], "o-", label="prompt")
-    top.axhline(baseline_val, color="grey", linestyle="--", label="no prompt")
+    if baseline_val is not None:
+        top.axhline(baseline_val, color="grey", linestyle="--", label="no prompt")
     top.set_ylabel("validation accuracy")
     top.legend(loc="lower right")
     if losses:

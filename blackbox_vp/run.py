@@ -271,12 +271,19 @@ class Run:
 
     def validate_baseline(self) -> None:
         """The initial prompt's validation accuracy: the prompt to beat."""
-        if not self.learning.fits(self.plan.val - self.answered(f"validation:{self.state.steps}")):
-            raise ValueError(f"--budget {self.config.budget}: the images counted twice after a crash leave "
-                             f"{self.learning.remaining} images, too few to validate ({self.plan.val}); "
-                             "start again with a larger --budget")
-        self.state.selection.baseline_val, self.state.baseline_val_scores = self.validate(self.prompt.initial(), None)
-        self.state.next_validation = self.learning.images_sent + self.plan.validation_every
+        state = self.state
+        if not self.learning.fits(self.plan.val - self.answered(f"validation:{state.steps}")):
+            # Only after crashes whose images counted twice leave less than one validation: nothing more can be
+            # judged, so the initial prompt goes to the test with the mapping (or head) it was fitted with.
+            self.adjust("baseline validation", f"skipped, and the search with it: {self.learning.remaining} images "
+                        f"left after the images counted twice after crashes, {self.plan.val} needed")
+            state.selection.best_theta = self.prompt.initial()
+            state.selection.best_mapping = state.initial_head or state.initial_mapping
+            state.kept = {"prompt": "initial", "why": "no validation fitted in the budget after crashes"}
+            self.end_phase("test")
+            return
+        state.selection.baseline_val, state.baseline_val_scores = self.validate(self.prompt.initial(), None)
+        state.next_validation = self.learning.images_sent + self.plan.validation_every
         self.end_phase("optimization")
 
     def validate(self, theta: np.ndarray, loss: float | None) -> tuple[float, torch.Tensor]:
@@ -424,7 +431,7 @@ class Run:
         budget plan). After a crash the stage judges both on as many of those images as the budget left
         allows (:meth:`head_sizes`), and is skipped with fewer than ``HEAD_FOLDS`` mapping images.
         """
-        state, selection, train, val = self.state, self.state.selection, self.splits.train, self.splits.val
+        state, selection, val = self.state, self.state.selection, self.splits.val
         if state.head is None:
             best = selection.best_theta
             searched = best is not None and not np.array_equal(best, self.prompt.initial())
@@ -661,15 +668,16 @@ def count_lost_images(state: RunState, journal: Path) -> int:
     """Book the images that the journal shows were sent after the checkpoint (maybe paid for); returns them.
 
     The validation schedule moves by as many images, so the resumed run validates at the same steps.
+    Resumes are counted from the journal's ``resume`` lines: one that died before its first checkpoint
+    left no trace in the checkpoint.
     """
-    lost = 0
-    if journal.exists():
-        learning_before = state.ledger.learning_images
-        lost = state.ledger.book_lost(read_journal(journal))
-        if state.phase == "optimization":
-            state.next_validation += state.ledger.learning_images - learning_before
+    entries = read_journal(journal) if journal.exists() else []
+    learning_before = state.ledger.learning_images
+    lost = state.ledger.book_lost(entries)
+    if state.phase == "optimization":
+        state.next_validation += state.ledger.learning_images - learning_before
     state.images_lost += lost
-    state.resumes += 1
+    state.resumes = 1 + sum(entry.get("event") == "resume" for entry in entries)
     state.ledger.restart_clock()
     return lost
 

@@ -95,3 +95,26 @@ def test_a_run_killed_at_any_query_resumes_to_the_end(method, tmp_path, capsys):
             print(f"  kill point {at}, {why[:160]}")
     test_phase = [at for at in range(1, queries + 1) if sends(tmp_path / "uninterrupted")[at - 1]["phase"] == "test"]
     assert test_phase and set(test_phase) <= set(identical)  # the test is counted apart: nothing to shrink
+
+
+def test_a_run_killed_again_at_every_resume_still_ends_finished(tmp_path):
+    """Losses add up: killed in its baseline validation (120 images) and then at the first query of each of 7
+    resumes, the run has less left than one validation after the 7th loss; the resume after it skips what can
+    no longer be judged and tests the initial prompt (killed once more there), and the last one finishes."""
+    out = tmp_path / "run"
+    assert killed_at(3, RunConfig(**SETTINGS, out=str(out)), ToyBackend) == 137  # 1, 2: the mapping; 3: baseline
+    for _ in range(7):
+        at = len(sends(out)) + 1
+
+        def work() -> int:
+            os.environ[CRASH_AT_SEND] = str(at)
+            resume(out, backend=ToyBackend())
+            return 0
+
+        assert in_child(work) == 137
+    result = resume(out, backend=ToyBackend())
+    assert result.status == "finished" and result.resumes == 8 and result.steps == 0
+    assert result.phases["validation"]["images"] == 7 * 120  # every baseline validation lost, none answered
+    assert result.queries_used == 300 + 7 * 120 <= result.budget
+    assert "skipped" in result.adjustments["baseline validation"] and result.kept["prompt"] == "initial"
+    assert result.test_accuracy == result.baseline_test_accuracy  # the initial prompt, tested
