@@ -93,7 +93,8 @@ class BudgetPlan:
         """The plan for ``config`` on a data set of ``total`` images; refuses a budget it cannot split."""
         plan = cls._sizes(config, config.budget, total, num_classes, candidates_per_step, head_stage)
         if plan.needed > config.budget:
-            raise ValueError(plan._refusal(config, total, num_classes, candidates_per_step, head_stage))
+            smallest = cls.smallest_budget(config, total, num_classes, candidates_per_step, head_stage)
+            raise ValueError(plan._refusal(config, smallest))
         return plan
 
     @classmethod
@@ -140,15 +141,13 @@ class BudgetPlan:
     def validation_every(self) -> float:
         return max(self.optimization / self.validations, self.step_images)
 
-    def _refusal(self, config: RunConfig, total: int, num_classes: int, candidates_per_step: int,
-                 head_stage: bool) -> str:
-        """Why the budget is too small, the settings that hold it up, and the smallest budget that works."""
+    def _refusal(self, config: RunConfig, smallest: int | None) -> str:
+        """Why the budget is too small, the settings that hold it up, and the ``smallest`` budget that works."""
         head = f", the head refit {self.head_stage}" if self.head_stage else ""
         explicit = [f"--{name.replace('_', '-')} {getattr(config, name)}" for name in
                     ("val", "mapping_images", "batch_size", "train") if getattr(config, name) is not None]
-        smallest = self.smallest_budget(config, total, num_classes, candidates_per_step, head_stage)
         fix = (f"raise --budget to at least {smallest}" if smallest is not None
-               else "no budget fits these settings")
+               else "no budget up to 1,000,000 images fits these settings")
         return (f"--budget {config.budget} is too small: the mapping needs {self.mapping} images, two validation "
                 f"passes {2 * self.val}, one optimization step {self.step_images}{head}; {fix}"
                 + (f", or drop or lower {', '.join(explicit)} (left out, they follow the budget)" if explicit else ""))
@@ -156,13 +155,14 @@ class BudgetPlan:
     @classmethod
     def smallest_budget(cls, config: RunConfig, total: int, num_classes: int, candidates_per_step: int,
                         head_stage: bool, largest: int = 1_000_000) -> int | None:
-        """The smallest budget these settings give a run with (None if none up to ``largest``)."""
-        budget = 1
-        while budget <= largest:
-            needed = cls._sizes(config, budget, total, num_classes, candidates_per_step, head_stage).needed
-            if needed <= budget:
+        """The smallest budget these settings give a run with (None if none up to ``largest``).
+
+        Scanned one image at a time: what a budget needs is not monotone in it (one more validation pass
+        shrinks an automatic batch), so no jump is safe. Thousands of steps of arithmetic, only on refusal.
+        """
+        for budget in range(1, largest + 1):
+            if cls._sizes(config, budget, total, num_classes, candidates_per_step, head_stage).needed <= budget:
                 return budget
-            budget = max(budget + 1, min(needed, budget * 2))
         return None
 
     def to_dict(self) -> dict:
