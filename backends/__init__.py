@@ -28,11 +28,24 @@ def _surrogate(device: str = "cpu") -> Backend:
     return efficientnet_lite_backend("efficientnet-lite1", device=device)
 
 
+@BACKENDS.register("reference-top5", "EfficientNet-Lite0 answering only its 5 most likely labels, as top-k APIs do "
+                   "(the rest share what is left)")
+def _reference_top5(device: str = "cpu") -> Backend:
+    return TopKBackend(_reference(device), k=5)
+
+
 @BACKENDS.register("toy", "tiny deterministic numpy model (20 labels, 64x64 input) for tests")
 def _toy(device: str = "cpu") -> Backend:
     from backends.toy import ToyBackend
 
     return ToyBackend()
+
+
+@BACKENDS.register("toy-torch", "tiny seeded torch model (16 labels of its own, 32x32 input): the surrogate of tests")
+def _toy_torch(device: str = "cpu") -> Backend:
+    from backends.toy_torch import toy_torch_backend
+
+    return toy_torch_backend(device=device)
 
 
 def make_backend(name: str, device: str = "cpu", **http_options) -> Backend:

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from blackbox_vp.disk import writing
 
-FORMAT = "blackbox-vp/checkpoint/3"
+FORMAT = "blackbox-vp/checkpoint/4"
+CRASH_AT_CHECKPOINT = "BBVP_CRASH_AT_CHECKPOINT"  # fault injection for tests: die after this process's k-th save
+_saves = {"armed": None, "count": 0}  # saves since the variable took its value, in this process
 
 
 def save_checkpoint(path: Path, state: object) -> None:
@@ -41,6 +43,19 @@ def save_checkpoint(path: Path, state: object) -> None:
             os.fsync(directory)  # the rename itself reaches the disk
         finally:
             os.close(directory)
+    _crash_if_asked()
+
+
+def _crash_if_asked() -> None:
+    """With ``BBVP_CRASH_AT_CHECKPOINT=k`` the process dies (``os._exit``, as under SIGKILL) right after the k-th
+    checkpoint it wrote since the variable was set: the tests kill a run in its local phases this way, where
+    no query is sent."""
+    armed = os.environ.get(CRASH_AT_CHECKPOINT)
+    if armed != _saves["armed"]:
+        _saves["armed"], _saves["count"] = armed, 0
+    _saves["count"] += 1
+    if armed == str(_saves["count"]):
+        os._exit(137)
 
 
 def load_checkpoint(path: Path) -> object:

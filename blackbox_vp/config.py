@@ -32,18 +32,23 @@ class RunConfig:
                                "scaled to the model's input)")
     jpeg_quality: int | None = option(None, "JPEG-compress every prompted image at this quality (1-100) before it is "
                                       "scored, as an API may receive it (default: off)")
-    parameterization: str = option("grid", "how the optimizer's vector becomes the prompt (`bbvp list parameterizations`)")
+    parameterization: str | None = option(None, "how the optimizer's vector becomes the prompt (`bbvp list "
+                                          "parameterizations`; default: 'full' for the shadow method, 'grid' otherwise)")
     grid: int = option(8, "grid side g of the 'grid' parameterization (3*g*g dimensions)")
     dct_k: int = option(8, "low frequencies k per axis and channel of the 'dct' parameterization (3*k*k dimensions)")
     subspace_dim: int = option(100, "intrinsic dimension d of the 'subspace' parameterization (1 to 768)")
     mapping: str = option("linear", "output mapping from model labels to your classes (`bbvp list mappings`)")
     loss: str = option("ce", "loss on the mapped probabilities (`bbvp list losses`)")
-    optimizer: str = option("guided", "optimizer (`bbvp list optimizers`), or 'whitebox' for the gradient reference on "
-                            "a local torch model")
+    optimizer: str = option("guided", "optimizer (`bbvp list optimizers`), 'shadow' for the prompt trained white-box on a "
+                            "local surrogate fitted to the target's answers, or 'whitebox' for the gradient reference "
+                            "on a local torch model")
     lr: float = option(0.05, "learning rate of the white-box reference (Adam on the prompt parameters)")
-    surrogate: str = option("auto", "local white-box backend whose gradient guides the guided optimizer: 'auto' takes "
-                            "EfficientNet-Lite1 when the backend answers with ImageNet labels, 'none' random "
-                            "directions only, or a backend name")
+    surrogate: str = option("auto", "local white-box backend of the shadow method and the guided optimizer's prior: "
+                            "'auto' takes EfficientNet-Lite1 (for guided: when the backend answers with ImageNet "
+                            "labels), 'none' random directions only (guided), or a backend name")
+    rounds: int | None = option(None, "shadow: rounds of fit the surrogate, train the prompt on it, score it on the target "
+                                "(default: as many as the budget holds, at most 4)")
+    epochs: int = option(3, "shadow: epochs over the training images per round, white-box on the surrogate (no queries)")
     budget: int = option(20000, "hard limit on images sent while learning (mapping + optimization + validation)")
     batch_size: int | None = option(None, "training images scored per candidate in one step, one minibatch for all "
                                     "(default: 32, fewer when the budget leaves room for under 2 steps of 32)")
@@ -91,7 +96,7 @@ class RunConfig:
     def check(self) -> None:
         """Refuse values out of range before anything runs, naming the option and what it takes."""
         minimums = {"budget": 1, "batch_size": 1, "grid": 1, "dct_k": 1, "subspace_dim": 1, "width": 1, "patch": 1,
-                    "mapping_images": 1, "validations": 1, "train": 1, "val": 1, "test": 0,
+                    "mapping_images": 1, "validations": 1, "rounds": 1, "epochs": 1, "train": 1, "val": 1, "test": 0,
                     "http_max_batch": 1, "http_concurrency": 1, "http_attempts": 1}
         for name, low in minimums.items():
             value = getattr(self, name)

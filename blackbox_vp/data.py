@@ -1,7 +1,8 @@
 """Tasks: the user's labelled images, resized to the prompt's inner size, and seeded splits.
 
 Built in: ``digits`` (scikit-learn's 1797 handwritten digits), ``squares`` (the counting task of
-Elsayed et al. 2018, *Adversarial Reprogramming*), and any image folder ``ROOT/<class>/<image>``.
+Elsayed et al. 2018, *Adversarial Reprogramming*), ``edges`` (ours: which edge a bar lies on, a task
+where the prompt's border matters), and any image folder ``ROOT/<class>/<image>``.
 
 An image folder is read before any query is sent, and what it holds is either refused with an
 error naming the file or converted in a documented way that ``Dataset.conversions`` counts (see
@@ -99,6 +100,42 @@ def load_squares(size: tuple[int, int], seed: int = 0, count: int = 1800) -> Dat
     rgb = np.repeat(canvas[..., None], 3, axis=-1)
     return Dataset("squares", _resize(rgb, size, Image.NEAREST), labels.astype(np.int64),
                    [str(k) for k in range(1, 11)])
+
+
+EDGES = ("top", "bottom", "left", "right")
+
+
+@TASKS.register("edges", "which edge of the image a bar touches (4 classes), among bars inside it; generated, "
+                "a task where the prompt's border matters (ours)")
+def load_edges(size: tuple[int, int], seed: int = 0, count: int = 1800) -> Dataset:
+    """40x40 black canvas: one bar 2 px thick and 6-14 px long lies along an edge (the class), and six more of
+    either orientation lie inside, 4 px or more from the edges; each of a random bright colour; upsampled (nearest).
+
+    Designed so that the answer lies where the image meets the prompt: the bars inside give an ImageNet
+    model's pooled features the same mix of horizontal and vertical bars whatever the class, so what tells
+    the classes apart is only where one bar is, which such features keep faintly; a border trained
+    white-box can mark each edge. Calibration: experiments/results/edges-calibration-cpu.
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % len(EDGES)
+    rng.shuffle(labels)
+    canvas = np.zeros((count, 40, 40, 3), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        for _ in range(6):
+            length = int(rng.integers(6, 15))
+            row, col = rng.integers(4, 36 - length, size=2)
+            colour = rng.integers(128, 256, size=3)
+            if rng.random() < 0.5:
+                canvas[i, row : row + 2, col : col + length] = colour
+            else:
+                canvas[i, row : row + length, col : col + 2] = colour
+        length = int(rng.integers(6, 15))
+        offset = int(rng.integers(0, 40 - length + 1))
+        along, colour = slice(offset, offset + length), rng.integers(128, 256, size=3)
+        edge = {"top": (slice(0, 2), along), "bottom": (slice(38, 40), along),
+                "left": (along, slice(0, 2)), "right": (along, slice(38, 40))}[EDGES[label]]
+        canvas[i][edge] = colour
+    return Dataset("edges", _resize(canvas, size, Image.NEAREST), labels.astype(np.int64), list(EDGES))
 
 
 # What load_folder converts, by kind: the keys of Dataset.conversions.

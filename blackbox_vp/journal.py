@@ -41,7 +41,7 @@ import numpy as np
 from backends.base import Backend, BackendWrapper
 from blackbox_vp.disk import writing
 
-PHASES = ("mapping", "optimization", "validation", "test")
+PHASES = ("mapping", "optimization", "validation", "test", "surrogate")  # surrogate: the shadow method's local work
 CRASH_AT_SEND = "BBVP_CRASH_AT_SEND"  # fault injection for tests: the process dies at once after that `send` line
 LEARNING_PHASES = ("mapping", "optimization", "validation")  # what the budget covers
 

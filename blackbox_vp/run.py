@@ -51,8 +51,10 @@ from blackbox_vp.mappings import MAPPINGS, OutputMapping
 from blackbox_vp.optimizers import Optimizer, make_optimizer
 from blackbox_vp.prompts import Prompt
 from blackbox_vp.report import machine, versions, write_result, write_run
-from blackbox_vp.run_setup import BudgetPlan, build_prompt, load_splits, resolve, surrogate_prior
-from blackbox_vp.run_state import FinalScores, RunState, StepRecord
+from blackbox_vp.run_setup import BudgetPlan, ShadowPlan, build_prompt, load_splits, resolve, shadow_model, surrogate_prior
+from blackbox_vp.run_state import FinalScores, RunState, ShadowState, StepRecord
+from blackbox_vp.shadow import ShadowModel
+from blackbox_vp.shadow_phases import ShadowPhases
 from blackbox_vp.scoring import ScoreBuffer, correct_count, cross_validated_correct, mapped_accuracy, score
 from blackbox_vp.whitebox import Whitebox, torch_model_of
 
@@ -156,14 +158,20 @@ class StopRequest(StopSignals):
 class Run:
     """A run in progress: what is rebuilt from the configuration, and the :class:`RunState` that is saved."""
 
-    def __init__(self, config: RunConfig, model: Backend, prompt: Prompt, splits: Splits, plan: BudgetPlan,
-                 loss_fn: Loss, state: RunState, out: Path | None, journal: Journal, stop: StopRequest):
+    def __init__(self, config: RunConfig, model: Backend, prompt: Prompt, splits: Splits, plan: BudgetPlan | ShadowPlan,
+                 loss_fn: Loss, state: RunState, out: Path | None, journal: Journal, stop: StopRequest,
+                 shadow_model: ShadowModel | None = None):
         self.config, self.prompt, self.splits, self.plan, self.loss_fn = config, prompt, splits, plan, loss_fn
         self.state, self.out, self.journal, self.stop = state, out, journal, stop
         self.journaled = JournaledBackend(model, journal, state.ledger)
         self.learning = CountingBackend(self.journaled, budget=config.budget)
         self.learning.images_sent = state.ledger.learning_images
-        self.torch_model = torch_model_of(model) if isinstance(state.optimizer, Whitebox) else None
+        self.torch_model = torch_model_of(model) if config.optimizer == "whitebox" else None
+        self.phases = {"mapping": self.fit_mapping, "baseline": self.validate_baseline, "optimization": self.search,
+                       "head": self.refit_head, "test": self.test}
+        if shadow_model is not None:
+            self.phases = {**self.phases, **ShadowPhases(self, shadow_model, plan).table()}
+            del self.phases["optimization"]
         self.reports_retries = callable(getattr(self.journaled.unwrap(), "stats", None))
         self.seconds_before, self.session_started = state.seconds, time.perf_counter()
         self.progress = tqdm(total=config.budget, initial=self.learning.images_sent, unit="img",
@@ -175,19 +183,10 @@ class Run:
         try:
             if state.phase == "mapping":
                 self.checkpoint()  # before the first query
-                self.fit_mapping()
-            if state.phase == "baseline":
-                self.validate_baseline()
-            if state.phase == "optimization":
-                self.optimize()
-                if self.stop.requested:
+            while state.phase != "done":
+                self.phases[state.phase]()
+                if self.stop.requested and state.phase not in ("test", "done"):
                     return self.interrupt()
-                state.phase = "head"
-                self.checkpoint()
-            if state.phase == "head":
-                self.refit_head()
-            if state.phase == "test":
-                self.test()
         finally:
             self.progress.close()
         result = self.result("finished")
@@ -261,6 +260,8 @@ class Run:
             scores = self.scored("mapping", self.prompt.initial(), train.images[chosen])
             labels = torch.from_numpy(train.labels[chosen])
             state.mapping.fit(scores, labels, len(train.classes))
+            if state.shadow is not None:  # the surrogate's first answers to follow (priming)
+                state.shadow.answers.append(scores.to(torch.float32))
             if state.head is not None:  # the same paid-for scores fit the head too
                 state.head.fit(scores, labels, len(train.classes))
                 state.initial_head_cv = self.cross_validate_head(scores)
@@ -284,7 +285,7 @@ class Run:
             return
         state.selection.baseline_val, state.baseline_val_scores = self.validate(self.prompt.initial(), None)
         state.next_validation = self.learning.images_sent + self.plan.validation_every
-        self.end_phase("optimization")
+        self.end_phase("distil" if state.shadow is not None else "optimization")
 
     def validate(self, theta: np.ndarray, loss: float | None) -> tuple[float, torch.Tensor]:
         """Validate ``theta`` (after refitting the mapping if it refits); keep the pair if it is the best.
@@ -326,6 +327,12 @@ class Run:
             loss = float(losses.mean())
         state.buffer.add(scores, labels)
         return loss, float((probabilities.argmax(dim=1) == labels).double().mean())
+
+    def search(self) -> None:
+        """The black-box search (or the white-box reference), then the head stage."""
+        self.optimize()
+        if not self.stop.requested:
+            self.end_phase("head")
 
     def optimize(self) -> None:
         """Steps until the budget keeps room for only a last validation, or Ctrl-C; a checkpoint after each.
@@ -606,17 +613,21 @@ def _build_and_run(config: RunConfig, model: Backend, failures: FailureLog | Non
     head = None
     if mapping.searched_with:  # e.g. the linear head: search with another mapping, refit the head at the end
         head, mapping = mapping, MAPPINGS.get(mapping.searched_with)()
-    whitebox = config.optimizer == "whitebox"
-    if whitebox:
-        torch_model = torch_model_of(model)
+    whitebox, shadow = config.optimizer == "whitebox", config.optimizer == "shadow"
+    local = shadow_model(config, list(model.labels)) if shadow else None
+    if whitebox or shadow:
+        torch_model = local.surrogate if shadow else torch_model_of(model)
         torch_model.model.requires_grad_(False)
         optimizer: Optimizer | Whitebox = Whitebox(prompt.initial(), config.lr, torch_model.device)
         candidates = 1
     else:
         optimizer = make_optimizer(config.optimizer, prompt.initial(), seed=config.seed)
         candidates = optimizer.candidates_per_step
-    splits, plan = load_splits(config, prompt, lambda data: BudgetPlan.make(
-        config, len(data), len(data.classes), candidates, head_stage=head is not None))
+    if shadow:
+        splits, plan = load_splits(config, prompt, lambda data: ShadowPlan.make(config, len(data), len(data.classes)))
+    else:
+        splits, plan = load_splits(config, prompt, lambda data: BudgetPlan.make(
+            config, len(data), len(data.classes), candidates, head_stage=head is not None))
     config = resolve(config, canvas_size, splits, plan)
     prior = surrogate_prior(config, prompt, mapping, splits, list(model.labels)) if hasattr(optimizer, "prior") else None
 
@@ -634,12 +645,15 @@ def _build_and_run(config: RunConfig, model: Backend, failures: FailureLog | Non
             state = RunState(config=config.to_dict(), phase="mapping", rng=np.random.default_rng(config.seed),
                              optimizer=optimizer, mapping=mapping, head=head, buffer=ScoreBuffer(plan.mapping),
                              ledger=Ledger(), budget_plan=plan.to_dict(),
-                             prior_rng=prior.rng if prior else None)
+                             prior_rng=prior.rng if prior else None,
+                             shadow=ShadowState(local.adapter) if shadow else None)
         if prior is not None:
             prior.mapping, prior.rng = state.mapping, state.prior_rng
             state.optimizer.prior = prior.direction
-        if whitebox:
+        if whitebox or shadow:
             state.optimizer.to(torch_model.device)
+        if shadow:
+            local.adapter = state.shadow.adapter  # the adapter fitted so far, after a resume
 
         lost = count_lost_images(state, out / JOURNAL) if resuming else 0
         journal = Journal(out / JOURNAL if out else None, echo=sys.stdout if config.jsonl else None, append=resuming)
@@ -659,7 +673,7 @@ def _build_and_run(config: RunConfig, model: Backend, failures: FailureLog | Non
                 journal.write("start", time=now(), budget=config.budget, step_images=plan.step_images,
                               plan=plan.to_dict())
             with StopRequest() as stop:
-                return Run(config, model, prompt, splits, plan, loss_fn, state, out, journal, stop).execute()
+                return Run(config, model, prompt, splits, plan, loss_fn, state, out, journal, stop, local).execute()
         finally:
             journal.close()
 

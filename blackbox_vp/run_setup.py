@@ -24,11 +24,16 @@ def prompt_sizes(config: RunConfig, canvas_size: tuple[int, int]) -> tuple[int, 
     return width, patch
 
 
+def parameterization_of(config: RunConfig) -> str:
+    """As set, else 'full' for the shadow method (its gradients are free) and 'grid' for a black-box search."""
+    return config.parameterization or ("full" if config.optimizer == "shadow" else "grid")
+
+
 def build_prompt(config: RunConfig, canvas_size: tuple[int, int]) -> Prompt:
     parameterization_options = {"grid": {"grid": config.grid}, "dct": {"k": config.dct_k},
                                 "subspace": {"dim": config.subspace_dim, "seed": config.seed}}
-    parameterization = PARAMETERIZATIONS.get(config.parameterization)(
-        canvas_size, **parameterization_options.get(config.parameterization, {}))
+    name = parameterization_of(config)
+    parameterization = PARAMETERIZATIONS.get(name)(canvas_size, **parameterization_options.get(name, {}))
     width, patch = prompt_sizes(config, canvas_size)
     height, wide = canvas_size
     if config.prompt in ("padding", "full-frame") and not 2 * width < min(canvas_size):
@@ -173,8 +178,83 @@ class BudgetPlan:
                 "why": dict(self.why)}
 
 
-def load_splits(config: RunConfig, prompt: Prompt, plan_for: Callable[[Dataset], BudgetPlan]) -> tuple[Splits,
-                                                                                                       BudgetPlan]:
+MAX_ROUNDS = 4  # automatic rounds of the shadow method: each costs minutes of local compute on a CPU
+
+
+@dataclass
+class ShadowPlan:
+    """How the shadow method splits the budget: the mapping images (also the first answers the surrogate is
+    fitted to), one baseline validation, then rounds of (mapping images + one validation) under each trained
+    prompt. Automatic: as many mapping images as leave room for one round (at most the training set), and
+    as many rounds as the budget holds, at most ``MAX_ROUNDS``. What a budget cannot hold is left unspent."""
+
+    budget: int
+    train: int
+    val: int
+    test: int
+    mapping: int
+    rounds: int
+    epochs: int
+    batch_size: int
+    why: dict[str, str]
+
+    @classmethod
+    def make(cls, config: RunConfig, total: int, num_classes: int) -> ShadowPlan:
+        plan = cls._sizes(config, config.budget, total, num_classes)
+        if plan.needed > config.budget:
+            smallest = next((budget for budget in range(1, 1_000_001)
+                             if cls._sizes(config, budget, total, num_classes).needed <= budget), None)
+            fix = f"raise --budget to at least {smallest}" if smallest else "no budget up to 1,000,000 images fits"
+            explicit = [f"--{name.replace('_', '-')} {getattr(config, name)}" for name in
+                        ("val", "mapping_images", "rounds", "train") if getattr(config, name) is not None]
+            raise ValueError(f"--budget {config.budget} is too small for the shadow method: the mapping needs "
+                             f"{plan.mapping} images, the baseline validation {plan.val}, and {plan.rounds} round(s) "
+                             f"{plan.round_images} each; {fix}"
+                             + (f", or drop or lower {', '.join(explicit)}" if explicit else ""))
+        return plan
+
+    @classmethod
+    def _sizes(cls, config: RunConfig, budget: int, total: int, num_classes: int) -> ShadowPlan:
+        train, val, test = split_sizes(config, budget, total, num_classes)
+        why = {"train": "set (--train)" if config.train is not None else "automatic: up to 1000 after val and test",
+               "val": "set (--val)" if config.val is not None else
+               f"automatic: a tenth of the budget, at most 200 and 11% of the data, at least {validation_floor(num_classes)}",
+               "test": "set (--test)" if config.test is not None else "automatic: 33% of the data"}
+        mapping = min(config.mapping_images or max(1, budget // 2 - val), max(train, 1))
+        why["mapping"] = ("set (--mapping-images)" if config.mapping_images is not None else
+                          "automatic: the training set, or less to leave room for one round")
+        rounds = config.rounds or max(1, min(MAX_ROUNDS, (budget - mapping - val) // max(mapping + val, 1)))
+        why["rounds"] = ("set (--rounds)" if config.rounds is not None else
+                         f"automatic: as many as the budget holds after the mapping and baseline, at most {MAX_ROUNDS}")
+        batch = config.batch_size or min(DEFAULT_BATCH, max(train, 1))
+        why["batch_size"] = "set (--batch-size)" if config.batch_size else f"automatic: {DEFAULT_BATCH}, at most the training set"
+        return cls(budget, train, val, test, mapping, rounds, config.epochs, batch, why)
+
+    @property
+    def round_images(self) -> int:
+        """What one round sends: the mapping images and one validation, under the round's prompt."""
+        return self.mapping + self.val
+
+    @property
+    def needed(self) -> int:
+        return self.mapping + self.val + self.rounds * self.round_images
+
+    @property
+    def validations(self) -> int:
+        return self.rounds
+
+    step_images = round_images  # the journal's start line names what a step (here a round) sends
+    validation_every = 0.0  # every round is validated
+    head_stage = 0  # the head is judged on the rounds' own scores: nothing more to send
+
+    def to_dict(self) -> dict:
+        sizes = {name: getattr(self, name) for name in ("budget", "train", "val", "test", "mapping", "rounds",
+                                                          "epochs", "batch_size", "round_images", "needed")}
+        return {**sizes, "unspent": self.budget - self.needed, "why": dict(self.why)}
+
+
+def load_splits(config: RunConfig, prompt: Prompt, plan_for: Callable[[Dataset], BudgetPlan | ShadowPlan]
+                ) -> tuple[Splits, BudgetPlan | ShadowPlan]:
     """The task's train/val/test splits at the prompt's inner size, as ``plan_for`` sizes them; errors name --data."""
     try:
         dataset = load_task(config.data, prompt.inner_size, seed=config.seed)
@@ -191,10 +271,12 @@ def load_splits(config: RunConfig, prompt: Prompt, plan_for: Callable[[Dataset],
     return splits, plan
 
 
-def resolve(config: RunConfig, canvas_size: tuple[int, int], splits: Splits, plan: BudgetPlan) -> RunConfig:
+def resolve(config: RunConfig, canvas_size: tuple[int, int], splits: Splits, plan: BudgetPlan | ShadowPlan) -> RunConfig:
     """``config`` with every automatic size (None) replaced by the one the run uses, for config.toml."""
     width, patch = prompt_sizes(config, canvas_size)
-    return dataclasses.replace(config, width=width, patch=patch, mapping_images=plan.mapping,
+    rounds = plan.rounds if isinstance(plan, ShadowPlan) else config.rounds
+    return dataclasses.replace(config, width=width, patch=patch, parameterization=parameterization_of(config),
+                               rounds=rounds, mapping_images=plan.mapping,
                                validations=plan.validations, batch_size=plan.batch_size, train=len(splits.train),
                                val=len(splits.val), test=len(splits.test))
 
@@ -219,3 +301,20 @@ def surrogate_prior(config: RunConfig, prompt: Prompt, mapping: OutputMapping, s
                          "the output mapping does not apply to it; use --surrogate none")
     return SurrogatePrior(surrogate, prompt, mapping, LOSSES.get(config.loss), splits.train, config.batch_size,
                           seed=config.seed + 1)
+
+
+def shadow_model(config: RunConfig, target_labels: list[str]):
+    """The shadow method's surrogate (``--surrogate``; 'auto': EfficientNet-Lite1) with a fresh label adapter
+    to the target's labels; any local torch classifier will do, whatever its labels."""
+    from backends.torch_classifier import TorchClassifierBackend
+    from blackbox_vp.shadow import LabelAdapter, ShadowModel
+
+    if config.surrogate == "none":
+        raise ValueError("--surrogate none: the shadow method trains the prompt on a local surrogate; give one "
+                         "(`bbvp list backends`, or hf:DIR) or leave --surrogate auto for EfficientNet-Lite1")
+    name = "surrogate" if config.surrogate == "auto" else config.surrogate
+    surrogate = make_backend(name, device=config.device)
+    if not isinstance(surrogate, TorchClassifierBackend):
+        raise ValueError(f"--surrogate {config.surrogate} is not a local torch model, so it gives no gradients; use "
+                         "'auto' (EfficientNet-Lite1), another local backend, or hf:DIR")
+    return ShadowModel(surrogate, LabelAdapter(list(surrogate.labels), list(target_labels)))

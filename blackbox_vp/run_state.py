@@ -12,6 +12,7 @@ from blackbox_vp.journal import Ledger
 from blackbox_vp.mappings import OutputMapping
 from blackbox_vp.optimizers import Optimizer
 from blackbox_vp.scoring import ScoreBuffer
+from blackbox_vp.shadow import LabelAdapter
 from blackbox_vp.whitebox import Whitebox
 
 
@@ -48,11 +49,24 @@ class StepRecord:
 
 
 @dataclass
+class ShadowState:
+    """The shadow method's progress: the adapter, every answer the surrogate is fitted to, and each round's verdict."""
+
+    adapter: LabelAdapter
+    round: int = 0  # rounds verified
+    transfer_steps: int = 0  # white-box steps of the round in progress
+    features: list[torch.Tensor] = field(default_factory=list)  # the surrogate's log-probabilities (float32), per answer
+    answers: list[torch.Tensor] = field(default_factory=list)  # the target's probabilities (float32) of the same images
+    rounds: list[dict] = field(default_factory=list)  # {"round", "theta", "val_accuracy", "head_cv", "head_val"}
+
+
+@dataclass
 class RunState:
     """Everything a run changes as it goes; the checkpoint pickles it whole."""
 
     config: dict  # the resolved settings it was made with; a resume checks config.toml against them
-    phase: str  # what comes next: "mapping", "baseline" (validation), "optimization", "head", "test" or "done"
+    phase: str  # what comes next: "mapping", "baseline" (validation), "optimization" (or the shadow method's
+    # "distil", "transfer", "verify"), "head", "test" or "done"
     rng: np.random.Generator  # mapping images and minibatches
     optimizer: Optimizer | Whitebox  # with its own random state
     mapping: OutputMapping  # refitting mappings change in place
@@ -80,3 +94,4 @@ class RunState:
     images_lost: int = 0
     resumes: int = 0
     test: FinalScores | None = None
+    shadow: ShadowState | None = None  # the shadow method's (None for the others)

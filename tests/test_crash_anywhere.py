@@ -24,6 +24,7 @@ from backends import Backend
 from backends.toy import ToyBackend
 from backends.torch_classifier import TorchClassifierBackend
 from blackbox_vp import RunConfig, optimize, resume
+from blackbox_vp.checkpoint import CRASH_AT_CHECKPOINT
 from blackbox_vp.journal import CRASH_AT_SEND, read_journal
 
 # Automatic sizes at a small budget: val 120, mapping 300, head stage 420, a few steps; 9 to 14 queries a run.
@@ -41,6 +42,7 @@ METHODS: dict[str, tuple[dict, Callable[[], Backend]]] = {
     "guided + linear head (the default)": ({}, ToyBackend),
     "cma, frequency mapping": ({"optimizer": "cma", "mapping": "frequency"}, ToyBackend),
     "white-box reference": ({"optimizer": "whitebox", "lr": 0.3}, tiny_torch_backend),
+    "shadow": ({"optimizer": "shadow", "surrogate": "toy-torch", "epochs": 1}, ToyBackend),
 }
 
 
@@ -118,3 +120,36 @@ def test_a_run_killed_again_at_every_resume_still_ends_finished(tmp_path):
     assert result.queries_used == 300 + 7 * 120 <= result.budget
     assert "skipped" in result.adjustments["baseline validation"] and result.kept["prompt"] == "initial"
     assert result.test_accuracy == result.baseline_test_accuracy  # the initial prompt, tested
+
+
+def test_a_shadow_run_killed_after_any_checkpoint_resumes_to_the_same_end(tmp_path):
+    """The shadow method's distil and transfer phases send nothing: they are killed after each checkpoint
+    instead (every phase's end, each answered query, every few white-box steps), losing no image, so every
+    resumed run must end exactly as the uninterrupted one."""
+    settings = {**SETTINGS, "optimizer": "shadow", "surrogate": "toy-torch", "epochs": 1, "batch_size": 16}
+    expected = optimize(RunConfig(**settings, out=str(tmp_path / "uninterrupted")), backend=ToyBackend())
+    phases_seen, at = set(), 0
+    while True:
+        at += 1
+        out = tmp_path / f"killed-{at}"
+
+        def work() -> int:
+            os.environ[CRASH_AT_CHECKPOINT] = str(at)
+            torch.set_num_threads(1)
+            optimize(RunConfig(**settings, out=str(out)), backend=ToyBackend())
+            return 0
+
+        if in_child(work) == 0:  # fewer checkpoints than ``at``: every one has been tried
+            break
+        phases_seen.add(load_phase(out))
+        resumed = resume(out, backend=ToyBackend())
+        assert resumed.status == "finished" and resumed.images_lost == 0 and not resumed.adjustments, f"kill {at}"
+        assert same_result(resumed, expected) and resumed.queries_used == expected.queries_used, f"kill {at}"
+    assert {"mapping", "baseline", "distil", "transfer", "verify", "head", "test", "done"} <= phases_seen
+    assert at > 15  # 18 checkpoints when written
+
+
+def load_phase(out: Path) -> str:
+    from blackbox_vp.checkpoint import load_checkpoint
+
+    return load_checkpoint(out / "checkpoint").phase

@@ -1,0 +1,153 @@
+"""The shadow method's phases, after the mapping and the baseline validation that every run has.
+
+Read as a list, each round being three phases, each a unit over :class:`RunState` with a checkpoint
+after it (and within it, every ``CHECKPOINT_STEPS`` white-box steps or answered query):
+
+1. **distil**: the label adapter of the surrogate is fitted (KL) to every answer the target gave so
+   far: the mapping images under the initial prompt (priming), then the training images under each
+   prompt the method sent (refitting where the search goes). Local compute only.
+2. **transfer**: the prompt is trained white-box on the shadow (surrogate + adapter) for ``--epochs``
+   epochs through the search mapping fitted on the target's scores (Adam, as the white-box reference).
+   Local compute only; the prompt and its Adam state carry over from round to round.
+3. **verify**: the target scores the mapping images and the validation split under the trained
+   prompt. Its answers on the mapping images are the next round's distillation data and this prompt's
+   head data; the validation picks the best prompt under the search mapping.
+
+Then **head** (:meth:`ShadowPhases.choose_head`): with the linear head, each round's prompt gets a head
+fitted on its own mapping-image scores, judged as the search method's head stage is (5-fold
+cross-validation on the mapping images plus the validation split, paired with the initial prompt's),
+and the best is kept only if it beats the initial prompt's head; then the test, as in every run.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from blackbox_vp.run_setup import ShadowPlan
+from blackbox_vp.scoring import correct_count, mapped_accuracy
+from blackbox_vp.shadow import ShadowModel
+
+if TYPE_CHECKING:
+    from blackbox_vp.run import Run
+
+CHECKPOINT_STEPS = 8  # white-box steps between checkpoints in the transfer phase
+
+
+class ShadowPhases:
+    """The phases ``distil``, ``transfer``, ``verify`` and ``head`` of a run of the shadow method."""
+
+    def __init__(self, run: Run, model: ShadowModel, plan: ShadowPlan):
+        self.run, self.model, self.plan = run, model, plan
+
+    def table(self) -> dict:
+        return {"distil": self.distil, "transfer": self.transfer, "verify": self.verify, "head": self.choose_head}
+
+    def distil(self) -> None:
+        """Fit the adapter to every answer so far; first, the surrogate's features of answered images it has not seen."""
+        run, state, shadow = self.run, self.run.state, self.run.state.shadow
+        verify_keys = (f"verify:{shadow.round}:mapping", f"validation:{shadow.round + 1}")
+        if not run.learning.fits(self.plan.round_images - sum(run.answered(key) for key in verify_keys)):
+            run.adjust("rounds", f"{shadow.round} of {self.plan.rounds}: the images counted twice after a crash left "
+                       f"{run.learning.remaining}, and a round sends {self.plan.round_images}")
+            run.end_phase("head")
+            return
+        chosen = run.splits.train.images[state.mapping_images]
+        with state.ledger.during("surrogate"):
+            while len(shadow.features) < len(shadow.answers):
+                theta = self.prompt_of(len(shadow.features))
+                shadow.features.append(self.model.features(run.prompt.apply(theta, chosen)))
+            newest = self.model.disagreement(shadow.features[-1], shadow.answers[-1])
+            features, answers = torch.cat(shadow.features), torch.cat(shadow.answers)
+            after = shadow.adapter.fit(features, answers)
+        run.journal.write("distil", round=shadow.round + 1, answers=len(answers), kl_newest_before=round(newest, 4),
+                          kl_after=round(after, 4))
+        run.end_phase("transfer")
+
+    def prompt_of(self, answer: int) -> np.ndarray:
+        """The prompt the ``answer``-th answers were given under: the initial one, then each round's."""
+        return self.run.prompt.initial() if answer == 0 else self.run.state.shadow.rounds[answer - 1]["theta"]
+
+    def transfer(self) -> None:
+        """``--epochs`` epochs of white-box steps on the shadow; stops between steps on Ctrl-C."""
+        run, state, shadow, train = self.run, self.run.state, self.run.state.shadow, self.run.splits.train
+        steps = self.plan.epochs * -(-len(train) // self.plan.batch_size)
+        losses = []
+        with state.ledger.during("surrogate"):
+            while shadow.transfer_steps < steps:
+                if run.stop.requested:
+                    return
+                batch = state.rng.choice(len(train), size=min(self.plan.batch_size, len(train)), replace=False)
+                loss, _ = state.optimizer.step(self.model, run.prompt, state.mapping, run.loss_fn,
+                                               train.images[batch], train.labels[batch])
+                losses.append(loss)
+                shadow.transfer_steps += 1
+                if shadow.transfer_steps % CHECKPOINT_STEPS == 0:
+                    run.checkpoint()
+        run.journal.write("transfer", round=shadow.round + 1, steps=steps,
+                          loss=round(float(np.mean(losses)), 4) if losses else None)
+        shadow.transfer_steps = 0
+        run.end_phase("verify")
+
+    def verify(self) -> None:
+        """The target scores the mapping images and the validation split under the trained prompt."""
+        run, state, shadow, train = self.run, self.run.state, self.run.state.shadow, self.run.splits.train
+        theta = state.optimizer.recommend()
+        with state.ledger.during("optimization"):
+            answers = run.scored(f"verify:{shadow.round}:mapping", theta, train.images[state.mapping_images])
+        state.steps = shadow.round + 1
+        if state.mapping.refit:  # an iterative mapping follows the prompt (ILM-VP): refitted on its own answers
+            state.mapping.fit(answers, torch.from_numpy(train.labels[state.mapping_images]), len(train.classes))
+        val_accuracy, val_scores = run.validate(theta, None)
+        record = {"round": shadow.round + 1, "theta": theta, "val_accuracy": val_accuracy}
+        if state.head is not None:
+            head = self.head_on(answers.to(torch.float32))
+            record["head_cv"] = run.cross_validate_head(answers.to(torch.float32).double())
+            record["head_val"] = correct_count(head, val_scores, run.splits.val.labels)
+        shadow.answers.append(answers.to(torch.float32))
+        shadow.rounds.append(record)
+        shadow.round += 1
+        run.journal.write("step", step=state.steps, images=run.learning.images_sent, val_accuracy=val_accuracy,
+                          elapsed=round(run.elapsed(), 3))
+        run.end_phase("distil" if shadow.round < self.plan.rounds else "head")
+
+    def head_on(self, answers: torch.Tensor):
+        """A head fitted on a prompt's scores of the mapping images."""
+        state, train = self.run.state, self.run.splits.train
+        labels = torch.from_numpy(train.labels[state.mapping_images])
+        return copy.deepcopy(state.head).fit(answers.double(), labels, len(train.classes))
+
+    def choose_head(self) -> None:
+        """Keep the round whose head is best on the pooled judgement, if it beats the initial prompt's head."""
+        run, state, selection, val = self.run, self.run.state, self.run.state.selection, self.run.splits.val
+        if state.head is None:
+            run.refit_head()  # kept by validation under the search mapping, as for a search
+            return
+        judged = len(state.mapping_images) + len(val)
+        initial_pooled = (state.initial_head_cv + correct_count(state.initial_head, state.baseline_val_scores,
+                                                                val.labels)) / judged
+        selection.baseline_val = mapped_accuracy(state.initial_head, state.baseline_val_scores, val.labels)
+        pooled = [(record["head_cv"] + record["head_val"]) / judged for record in state.shadow.rounds]
+        best = int(np.argmax(pooled)) if pooled else None
+        verdict = ", ".join(f"round {record['round']} {value:.4f}" for record, value in zip(state.shadow.rounds, pooled))
+        why = (f"pooled accuracy of each prompt's head (5-fold cross-validation on {len(state.mapping_images)} "
+               f"mapping images and {len(val)} validation images): {verdict or 'no round'}; the initial prompt's "
+               f"{initial_pooled:.4f}")
+        if best is not None and pooled[best] > initial_pooled:
+            record = state.shadow.rounds[best]
+            selection.best_theta = record["theta"]
+            selection.best_mapping = self.head_on(state.shadow.answers[best + 1])
+            selection.best_val = record["head_val"] / len(val)
+            state.kept = {"prompt": "searched", "why": f"round {record['round']}: {why}"}
+        else:
+            selection.best_theta, selection.best_mapping = run.prompt.initial(), state.initial_head
+            selection.best_val = selection.baseline_val
+            state.kept = {"prompt": "initial", "why": why}
+        selection.history.append({"images": run.learning.images_sent, "step": state.steps, "head": True,
+                                  "val_accuracy": selection.best_val, "loss": None,
+                                  "pooled_accuracy": pooled[best] if best is not None else None,
+                                  "initial_pooled_accuracy": initial_pooled})
+        run.end_phase("test")
