@@ -244,8 +244,18 @@ def run_serve(args: argparse.Namespace) -> int:
     return serve_command(**{key: value for key, value in vars(args).items() if key != "command"})
 
 
+METHODS_BESIDE_OPTIMIZERS = {  # --optimizer values that are not ask/tell searches: listed with the optimizers
+    "shadow": "ours: the prompt trained white-box on a local surrogate whose label adapter is fitted (KL) to the "
+              "target's answers, in rounds (--rounds, --epochs, --surrogate)",
+    "whitebox": "the gradient reference: the prompt trained with gradients through a local torch backend itself",
+}
+
+
 def run_list(args: argparse.Namespace) -> int:
-    for name, description in _registries()[args.what].describe():
+    listed = list(_registries()[args.what].describe())
+    if args.what == "optimizers":
+        listed = sorted(listed + list(METHODS_BESIDE_OPTIMIZERS.items()))
+    for name, description in listed:
         print(f"{name:20s} {description}")
     return 0
 

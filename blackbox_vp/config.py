@@ -47,8 +47,9 @@ class RunConfig:
                             "'auto' takes EfficientNet-Lite1 (for guided: when the backend answers with ImageNet "
                             "labels), 'none' random directions only (guided), or a backend name")
     rounds: int | None = option(None, "shadow: rounds of fit the surrogate, train the prompt on it, score it on the target "
-                                "(default: as many as the budget holds, at most 4)")
-    epochs: int = option(3, "shadow: epochs over the training images per round, white-box on the surrogate (no queries)")
+                                "(default: as many as the budget holds, at most 16)")
+    epochs: int | None = option(None, "shadow: epochs over the training images per round, white-box on the surrogate, "
+                                "no queries (default: 9 in all, spread over the rounds, at least 1 a round)")
     budget: int = option(20000, "hard limit on images sent while learning (mapping + optimization + validation)")
     batch_size: int | None = option(None, "training images scored per candidate in one step, one minibatch for all "
                                     "(default: 32, fewer when the budget leaves room for under 2 steps of 32)")

@@ -178,15 +178,18 @@ class BudgetPlan:
                 "why": dict(self.why)}
 
 
-MAX_ROUNDS = 4  # automatic rounds of the shadow method: each costs minutes of local compute on a CPU
+MAX_ROUNDS = 16  # automatic rounds of the shadow method
+TOTAL_EPOCHS = 9  # automatic epochs of the shadow method, spread over its rounds: minutes each on a CPU
 
 
 @dataclass
 class ShadowPlan:
     """How the shadow method splits the budget: the mapping images (also the first answers the surrogate is
     fitted to), one baseline validation, then rounds of (mapping images + one validation) under each trained
-    prompt. Automatic: as many mapping images as leave room for one round (at most the training set), and
-    as many rounds as the budget holds, at most ``MAX_ROUNDS``. What a budget cannot hold is left unspent."""
+    prompt. Automatic: as many mapping images as leave room for one round (at most the training set), as
+    many rounds as the budget holds (at most ``MAX_ROUNDS``), and ``TOTAL_EPOCHS`` of local training spread
+    over them: a larger budget buys more refits of the surrogate on the prompts visited, for the same local
+    compute. What a budget cannot hold is left unspent."""
 
     budget: int
     train: int
@@ -226,9 +229,12 @@ class ShadowPlan:
         rounds = config.rounds or max(1, min(MAX_ROUNDS, (budget - mapping - val) // max(mapping + val, 1)))
         why["rounds"] = ("set (--rounds)" if config.rounds is not None else
                          f"automatic: as many as the budget holds after the mapping and baseline, at most {MAX_ROUNDS}")
+        epochs = config.epochs or max(1, TOTAL_EPOCHS // rounds)
+        why["epochs"] = ("set (--epochs)" if config.epochs is not None else
+                         f"automatic: {TOTAL_EPOCHS} in all spread over the rounds, at least 1 a round")
         batch = config.batch_size or min(DEFAULT_BATCH, max(train, 1))
         why["batch_size"] = "set (--batch-size)" if config.batch_size else f"automatic: {DEFAULT_BATCH}, at most the training set"
-        return cls(budget, train, val, test, mapping, rounds, config.epochs, batch, why)
+        return cls(budget, train, val, test, mapping, rounds, epochs, batch, why)
 
     @property
     def round_images(self) -> int:
@@ -274,9 +280,9 @@ def load_splits(config: RunConfig, prompt: Prompt, plan_for: Callable[[Dataset],
 def resolve(config: RunConfig, canvas_size: tuple[int, int], splits: Splits, plan: BudgetPlan | ShadowPlan) -> RunConfig:
     """``config`` with every automatic size (None) replaced by the one the run uses, for config.toml."""
     width, patch = prompt_sizes(config, canvas_size)
-    rounds = plan.rounds if isinstance(plan, ShadowPlan) else config.rounds
+    rounds, epochs = (plan.rounds, plan.epochs) if isinstance(plan, ShadowPlan) else (config.rounds, config.epochs)
     return dataclasses.replace(config, width=width, patch=patch, parameterization=parameterization_of(config),
-                               rounds=rounds, mapping_images=plan.mapping,
+                               rounds=rounds, epochs=epochs, mapping_images=plan.mapping,
                                validations=plan.validations, batch_size=plan.batch_size, train=len(splits.train),
                                val=len(splits.val), test=len(splits.test))
 

@@ -100,6 +100,16 @@ def test_reference_calls_the_sample_flower_a_daisy(reference):
     assert scores[0].max() > 0.1
 
 
+def test_reference_top5_answers_the_references_five_best_labels_and_floors_the_rest(reference):
+    from backends import make_backend
+
+    image = np.random.default_rng(0).integers(0, 256, size=(1, 224, 224, 3), dtype=np.uint8)
+    full, top5 = reference.query(image)[0], make_backend("reference-top5").query(image)[0]
+    best = np.argsort(-full)[:5]
+    assert np.allclose(top5[best], full[best]) and len(np.unique(np.delete(top5, best))) == 1
+    assert np.isclose(top5.sum(), 1.0)
+
+
 @pytest.mark.slow
 def test_surrogate_is_a_different_model_that_also_sees_a_daisy(reference):
     from PIL import Image

@@ -35,7 +35,8 @@ def test_every_option_has_a_help_line_with_its_default(command):
 
 def test_list_optimizers(capsys):
     assert main(["list", "optimizers"]) == 0
-    assert "cma" in capsys.readouterr().out
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert {"cma", "guided", "shadow", "whitebox"} <= set(names) and names == sorted(names)
 
 
 def test_optimize_then_evaluate_reproduces_the_test_accuracy(tmp_path, capsys):

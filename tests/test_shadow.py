@@ -15,7 +15,7 @@ from backends.toy import ToyBackend
 from backends.toy_torch import toy_torch_backend
 from blackbox_vp import RunConfig, optimize
 from blackbox_vp.journal import read_journal
-from blackbox_vp.run_setup import MAX_ROUNDS, ShadowPlan
+from blackbox_vp.run_setup import MAX_ROUNDS, TOTAL_EPOCHS, ShadowPlan
 from blackbox_vp.shadow import LabelAdapter, ShadowModel
 
 SHADOW = dict(backend="toy", data="digits", optimizer="shadow", surrogate="toy-torch", budget=1500, train=300,
@@ -70,7 +70,9 @@ def plan(budget: int, **settings) -> ShadowPlan:
 def test_the_plan_spends_rounds_of_mapping_images_and_one_validation():
     at_5000 = plan(5000, train=1000, val=100, test=697)
     assert (at_5000.mapping, at_5000.rounds, at_5000.round_images, at_5000.needed) == (1000, 3, 1100, 4400)
-    assert plan(20000, train=1000, val=100, test=697).rounds == MAX_ROUNDS
+    assert at_5000.epochs == TOTAL_EPOCHS // 3
+    at_20000 = plan(20000, train=1000, val=100, test=697)
+    assert (at_20000.rounds, at_20000.epochs, at_20000.needed) == (MAX_ROUNDS, 1, 1100 + 16 * 1100)
     small = plan(1000, train=1000, val=100, test=697)  # room for one round: fewer mapping images
     assert (small.mapping, small.rounds, small.needed) == (400, 1, 1000)
     assert plan(5000, train=1000, val=100, test=697, rounds=2).needed == 3300
@@ -98,6 +100,7 @@ def test_a_shadow_run_sends_its_plan_and_journals_each_round(tmp_path):
     assert result.history[-1]["head"] and result.kept["prompt"] in ("searched", "initial")
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["config"]["parameterization"] == "full" and saved["config"]["rounds"] == 2
+    assert saved["config"]["epochs"] == 1 and saved["budget_plan"]["why"]["epochs"] == "set (--epochs)"
 
 
 def test_the_kept_prompt_is_the_best_heads_round_or_the_initial_one(tmp_path):
