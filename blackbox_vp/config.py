@@ -39,9 +39,9 @@ class RunConfig:
     subspace_dim: int = option(100, "intrinsic dimension d of the 'subspace' parameterization (1 to 768)")
     mapping: str = option("linear", "output mapping from model labels to your classes (`bbvp list mappings`)")
     loss: str = option("ce", "loss on the mapped probabilities (`bbvp list losses`)")
-    optimizer: str = option("guided", "optimizer (`bbvp list optimizers`), 'shadow' for the prompt trained white-box on a "
-                            "local surrogate fitted to the target's answers, or 'whitebox' for the gradient reference "
-                            "on a local torch model")
+    optimizer: str = option("shadow", "method: 'shadow' (ours) trains the prompt white-box on a local surrogate fitted to "
+                            "the target's answers; a black-box optimizer (`bbvp list optimizers`); or 'whitebox', the "
+                            "gradient reference on a local torch model")
     lr: float = option(0.05, "learning rate of the white-box reference (Adam on the prompt parameters)")
     surrogate: str = option("auto", "local white-box backend of the shadow method and the guided optimizer's prior: "
                             "'auto' takes EfficientNet-Lite1 (for guided: when the backend answers with ImageNet "

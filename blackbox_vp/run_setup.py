@@ -223,9 +223,9 @@ class ShadowPlan:
                "val": "set (--val)" if config.val is not None else
                f"automatic: a tenth of the budget, at most 200 and 11% of the data, at least {validation_floor(num_classes)}",
                "test": "set (--test)" if config.test is not None else "automatic: 33% of the data"}
-        mapping = min(config.mapping_images or max(1, budget // 2 - val), max(train, 1))
+        mapping = min(config.mapping_images or max(val, budget // 2 - val), max(train, 1))
         why["mapping"] = ("set (--mapping-images)" if config.mapping_images is not None else
-                          "automatic: the training set, or less to leave room for one round")
+                          "automatic: the training set, or less to leave room for one round, at least one validation")
         rounds = config.rounds or max(1, min(MAX_ROUNDS, (budget - mapping - val) // max(mapping + val, 1)))
         why["rounds"] = ("set (--rounds)" if config.rounds is not None else
                          f"automatic: as many as the budget holds after the mapping and baseline, at most {MAX_ROUNDS}")

@@ -41,7 +41,7 @@ def test_list_optimizers(capsys):
 
 def test_optimize_then_evaluate_reproduces_the_test_accuracy(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["--backend", "toy", "--budget", "2500", "--batch-size", "8", "--grid", "4", "--val", "60",
+    args = ["--backend", "toy", "--optimizer", "guided", "--budget", "2500", "--batch-size", "8", "--grid", "4", "--val", "60",
             "--test", "120", "--train", "400", "--quiet", "--seed", "3"]
     assert main(["optimize", *args, "--out", str(out)]) == 0
     result = json.loads((out / "result.json").read_text())
@@ -55,22 +55,22 @@ def test_optimize_then_evaluate_reproduces_the_test_accuracy(tmp_path, capsys):
 def test_invalid_input_is_an_error_naming_the_option(capsys, tmp_path):
     assert main(["optimize", "--backend", "toy", "--optimizer", "nope", "--quiet"]) == 2
     assert "unknown optimizer 'nope'" in capsys.readouterr().err
-    assert main(["optimize", "--backend", "toy", "--budget", "100", "--quiet"]) == 2
+    assert main(["optimize", "--backend", "toy", "--optimizer", "guided", "--budget", "100", "--quiet"]) == 2
     assert "--budget 100 is too small" in capsys.readouterr().err
-    assert main(["optimize", "--backend", "toy", "--width", "40", "--quiet"]) == 2
+    assert main(["optimize", "--backend", "toy", "--optimizer", "guided", "--width", "40", "--quiet"]) == 2
     assert "--width 40 is too wide for the model's 64x64 input" in capsys.readouterr().err
-    assert main(["optimize", "--backend", "toy", "--batch-size", "0", "--quiet"]) == 2
+    assert main(["optimize", "--backend", "toy", "--optimizer", "guided", "--batch-size", "0", "--quiet"]) == 2
     assert "--batch-size must be at least 1, got 0" in capsys.readouterr().err
-    assert main(["optimize", "--backend", "toy", "--data", str(tmp_path / "missing"), "--quiet"]) == 2
+    assert main(["optimize", "--backend", "toy", "--optimizer", "guided", "--data", str(tmp_path / "missing"), "--quiet"]) == 2
     assert f"--data {tmp_path / 'missing'}: unknown data" in capsys.readouterr().err
     (tmp_path / "photos" / "cat").mkdir(parents=True)
     (tmp_path / "photos" / "cat" / "broken.png").write_bytes(b"not a png")
-    assert main(["optimize", "--backend", "toy", "--data", str(tmp_path / "photos"), "--quiet"]) == 2
+    assert main(["optimize", "--backend", "toy", "--optimizer", "guided", "--data", str(tmp_path / "photos"), "--quiet"]) == 2
     assert "cannot read image" in capsys.readouterr().err
 
 
 def test_jsonl_prints_one_object_per_step_then_the_result(capsys):
-    assert main(["optimize", "--backend", "toy", "--budget", "1200", "--batch-size", "8", "--grid", "4", "--val",
+    assert main(["optimize", "--backend", "toy", "--optimizer", "guided", "--budget", "1200", "--batch-size", "8", "--grid", "4", "--val",
                  "60", "--test", "60", "--train", "300", "--quiet", "--jsonl"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["event"] for line in lines] == ["step"] * (len(lines) - 1) + ["result"]

@@ -45,7 +45,7 @@ def test_unknown_setting_and_wrong_type_name_the_file_and_the_setting(tmp_path):
 
 def test_a_run_directory_config_repeats_the_run_and_flags_override_it(tmp_path, capsys):
     first, second, third = tmp_path / "first", tmp_path / "second", tmp_path / "third"
-    assert main(["optimize", "--backend", "toy", "--budget", "1500", "--batch-size", "8", "--grid", "4", "--val", "60",
+    assert main(["optimize", "--backend", "toy", "--optimizer", "guided", "--budget", "1500", "--batch-size", "8", "--grid", "4", "--val", "60",
                  "--test", "60", "--train", "300", "--quiet", "--seed", "1", "--out", str(first)]) == 0
     saved = read_config(first / "config.toml")
     unset = {"jpeg_quality", "labels", "token_env", "token_file", "rate_limit", "image_rate_limit", "http_max_batch",

@@ -28,7 +28,7 @@ from blackbox_vp.checkpoint import CRASH_AT_CHECKPOINT
 from blackbox_vp.journal import CRASH_AT_SEND, read_journal
 
 # Automatic sizes at a small budget: val 120, mapping 300, head stage 420, a few steps; 9 to 14 queries a run.
-SETTINGS = dict(backend="toy", data="digits", budget=1200, train=300, test=100, grid=4, quiet=True, seed=1)
+SETTINGS = dict(backend="toy", optimizer="guided", data="digits", budget=1200, train=300, test=100, grid=4, quiet=True, seed=1)
 
 
 def tiny_torch_backend() -> TorchClassifierBackend:
@@ -39,7 +39,7 @@ def tiny_torch_backend() -> TorchClassifierBackend:
 
 
 METHODS: dict[str, tuple[dict, Callable[[], Backend]]] = {
-    "guided + linear head (the default)": ({}, ToyBackend),
+    "guided + linear head": ({}, ToyBackend),
     "cma, frequency mapping": ({"optimizer": "cma", "mapping": "frequency"}, ToyBackend),
     "white-box reference": ({"optimizer": "whitebox", "lr": 0.3}, tiny_torch_backend),
     "shadow": ({"optimizer": "shadow", "surrogate": "toy-torch", "epochs": 1}, ToyBackend),

@@ -272,7 +272,8 @@ def test_bbvp_serve_subprocess_and_an_optimize_run_against_it(tmp_path):
             assert address.startswith("http://127.0.0.1:"), line
             assert httpx.get(f"{address}/health/ready").status_code == 200  # listening before the line was printed
             out = tmp_path / "run"
-            subprocess.run(bbvp + ["optimize", "--backend", address, "--format", "oip-v2", "--data", "digits",
+            subprocess.run(bbvp + ["optimize", "--backend", address, "--optimizer", "guided", "--format", "oip-v2",
+                                   "--data", "digits",
                                    "--budget", "1500", "--batch-size", "8", "--grid", "4", "--val", "60", "--test",
                                    "120", "--train", "400", "--quiet", "--out", str(out)], check=True, timeout=300)
             result = json.loads((out / "result.json").read_text())

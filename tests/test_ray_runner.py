@@ -46,7 +46,7 @@ def test_two_toy_cells_run_as_ray_tasks_like_local_runs(local_ray, tmp_path):
 
 
 def test_a_failing_cell_is_reported_and_does_not_stop_the_others(local_ray, tmp_path):
-    bad = RunConfig(backend="toy", data=str(tmp_path / "missing"), budget=1500, quiet=True, out=str(tmp_path / "bad"))
+    bad = RunConfig(backend="toy", optimizer="guided", data=str(tmp_path / "missing"), budget=1500, quiet=True, out=str(tmp_path / "bad"))
     results = run_cells_on_ray([bad, cell(tmp_path, 2)])
     assert isinstance(results["bad"], Exception) and "missing" in str(results["bad"])
     assert isinstance(results["s2"], dict)

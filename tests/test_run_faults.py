@@ -116,7 +116,7 @@ def test_bad_data_folder_fails_before_any_query(tmp_path, capsys):
     with ScriptedServer(ToyBackend()) as server:
         with pytest.raises(ValueError, match="broken.png"):
             optimize(run_config(server.url, data=str(root), val=4, test=4, train=None, out=str(tmp_path / "run")))
-        assert main(["optimize", "--backend", server.url, "--data", str(root), "--quiet"]) == 2
+        assert main(["optimize", "--backend", server.url, "--optimizer", "guided", "--data", str(root), "--quiet"]) == 2
         assert "broken.png" in capsys.readouterr().err
         assert server.received == 0
 

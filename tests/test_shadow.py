@@ -125,3 +125,10 @@ def test_the_shadow_method_needs_a_local_surrogate():
         optimize(RunConfig(**{**SHADOW, "surrogate": "none"}), backend=ToyBackend())
     with pytest.raises(ValueError, match="is not a local torch model"):
         optimize(RunConfig(**{**SHADOW, "surrogate": "toy"}), backend=ToyBackend())
+
+
+def test_on_digits_the_automatic_plan_takes_any_budget_from_80_images():
+    with pytest.raises(ValueError, match="raise --budget to at least 80"):
+        plan(79)
+    floor = plan(80)
+    assert (floor.mapping, floor.val, floor.rounds, floor.needed) == (20, 20, 1, 80)
