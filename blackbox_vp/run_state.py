@@ -59,6 +59,11 @@ class ShadowState:
     answers: list[torch.Tensor] = field(default_factory=list)  # the target's probabilities (float32) of the same images
     rounds: list[dict] = field(default_factory=list)  # {"round", "theta", "val_accuracy", "head_cv", "head_val"}
 
+    def __getstate__(self) -> dict:
+        """The checkpoint leaves the features out (4 MB a round of 1,000 images): the distil phase computes
+        them again from the prompts and images, locally, after a resume."""
+        return {**self.__dict__, "features": []}
+
 
 @dataclass
 class RunState:
