@@ -5,7 +5,8 @@
 For every method with the linear head, per budget: the share of the ceiling's gain recovered,
 (method - grey + head) / (ceiling - grey + head), where the ceiling is the white-box reference + head at
 the largest budget run (trained on the target with gradients, ``--ceiling``), and grey + head is each
-run's own no-prompt baseline; the means over seeds go into the share. Beside it, the paired difference
+run's own no-prompt baseline; the means over the seeds that have a ceiling go into the share (the cell
+says how many when some have none). Beside it, the paired difference
 from ``--versus`` (cma + head by default) over the seeds both have, and twice its standard error. For
 frequency-mapped methods: the ratio to the white-box frequency-mapped ceiling (``--frequency-ceiling``).
 Prints a markdown table; nothing is chosen on the test split here, the runs chose on validation.
@@ -66,7 +67,7 @@ def table(rows: list[dict], ceiling: str, frequency_ceiling: str, versus: str) -
             if seeds and mapping == "linear":
                 gain = statistics.mean(top[s] - grey[s] for s in seeds)
                 share = statistics.mean(accuracy[s] - grey[s] for s in seeds) / gain if gain > 0 else float("nan")
-                shown = f"{share:.0%}"
+                shown = f"{share:.0%}" + (f" ({len(seeds)} of {len(accuracy)} seeds)" if len(seeds) < len(accuracy) else "")
             elif seeds:
                 shown = f"{statistics.mean(accuracy[s] for s in seeds) / statistics.mean(top[s] for s in seeds):.2f} x"
             else:
