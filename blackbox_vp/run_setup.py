@@ -68,6 +68,14 @@ def split_sizes(config: RunConfig, budget: int, total: int, num_classes: int) ->
     return train, val, test
 
 
+def split_why(config: RunConfig, num_classes: int) -> dict[str, str]:
+    """Where each split size of :func:`split_sizes` comes from, for a plan's ``why``."""
+    return {"train": "set (--train)" if config.train is not None else "automatic: up to 1000 after val and test",
+            "val": "set (--val)" if config.val is not None else
+            f"automatic: a tenth of the budget, at most 200 and 11% of the data, at least {validation_floor(num_classes)}",
+            "test": "set (--test)" if config.test is not None else "automatic: 33% of the data"}
+
+
 @dataclass
 class BudgetPlan:
     """How the images are split: the data splits, and the budget between mapping, validation, search and head.
@@ -106,11 +114,7 @@ class BudgetPlan:
     def _sizes(cls, config: RunConfig, budget: int, total: int, num_classes: int, candidates_per_step: int,
                head_stage: bool) -> BudgetPlan:
         train, val, test = split_sizes(config, budget, total, num_classes)
-        why = {"train": "set (--train)" if config.train is not None else "automatic: up to 1000 after val and test",
-               "val": "set (--val)" if config.val is not None else
-               (f"automatic: a tenth of the budget, at most 200 and 11% of the data, at least "
-                f"{validation_floor(num_classes)}"),
-               "test": "set (--test)" if config.test is not None else "automatic: 33% of the data"}
+        why = split_why(config, num_classes)
         mapping = min(config.mapping_images or max(val, budget // 4), max(train, 0))
         why["mapping"] = ("set (--mapping-images)" if config.mapping_images is not None else
                           "automatic: a quarter of the budget, at least one validation pass, at most the training set")
@@ -219,10 +223,7 @@ class ShadowPlan:
     @classmethod
     def _sizes(cls, config: RunConfig, budget: int, total: int, num_classes: int) -> ShadowPlan:
         train, val, test = split_sizes(config, budget, total, num_classes)
-        why = {"train": "set (--train)" if config.train is not None else "automatic: up to 1000 after val and test",
-               "val": "set (--val)" if config.val is not None else
-               f"automatic: a tenth of the budget, at most 200 and 11% of the data, at least {validation_floor(num_classes)}",
-               "test": "set (--test)" if config.test is not None else "automatic: 33% of the data"}
+        why = split_why(config, num_classes)
         mapping = min(config.mapping_images or max(val, budget // 2 - val), max(train, 1))
         why["mapping"] = ("set (--mapping-images)" if config.mapping_images is not None else
                           "automatic: the training set, or less to leave room for one round, at least one validation")
