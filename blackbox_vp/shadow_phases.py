@@ -85,6 +85,8 @@ class ShadowPhases:
                                                train.images[batch], train.labels[batch])
                 losses.append(loss)
                 shadow.transfer_steps += 1
+                run.progress.set_postfix_str(f"round {shadow.round + 1}/{self.plan.rounds}: training on the "
+                                             f"surrogate, step {shadow.transfer_steps}/{steps}, loss {loss:.3f}")
                 if shadow.transfer_steps % CHECKPOINT_STEPS == 0:
                     run.checkpoint()
         run.journal.write("transfer", round=shadow.round + 1, steps=steps,
