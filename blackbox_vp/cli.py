@@ -61,7 +61,7 @@ def build_parser(settings: dict | None = None) -> argparse.ArgumentParser:
     add_run_options(optimize, dataclasses.replace(RunConfig(), **(settings or {})))
 
     demo = sub.add_parser("demo", help="the main job on the built-in default (reference model, digits), "
-                          "the shadow method at 5,000 images, about a quarter of an hour on a 2-core CPU",
+                          "the shadow method at 5,000 images, about 18 minutes on a 2-core CPU",
                           formatter_class=formatter)
     add_run_options(demo, demo_config())
 
@@ -122,7 +122,7 @@ def add_fields(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
 
 def demo_config() -> RunConfig:
     """The default method (shadow) on the reference model and digits at 5,000 images: the seed-0 cell of
-    experiments/configs/shadow-digits-cpu.toml, about a quarter of an hour on a 2-core CPU (its local
+    experiments/configs/shadow-digits-cpu.toml, about 18 minutes on a 2-core CPU (its local
     training on the surrogate is most of it). Each demo writes a new directory under bbvp-demo/, so
     running it again loses nothing.
     """
