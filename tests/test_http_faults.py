@@ -27,7 +27,8 @@ from backends.toy import ToyBackend
 
 TOY = ToyBackend(num_labels=5, image_size=(8, 8))
 BUDGET = 25
-TIMEOUT = 1.5  # the client's read timeout, far above a loaded CI machine's slowest answer; a stall is longer
+TIMEOUT = 3.0  # the client's read timeout, far above a loaded CI machine's slowest answer (requests grow only while
+# answers come within a quarter of it: at 1.5 s a loaded 2-core machine kept the first call's limit at 11); a stall is longer
 FIRST_CALL = 6  # requests of a client's first call of 12 images: 1 image alone, then 2, 2, 2, 2 and 3 (RequestSizer)
 
 
