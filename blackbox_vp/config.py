@@ -50,6 +50,10 @@ class RunConfig:
                                 "(default: as many as the budget holds, at most 16)")
     epochs: int | None = option(None, "shadow: epochs over the training images per round, white-box on the surrogate, "
                                 "no queries (default: 9 in all, spread over the rounds, at least 1 a round)")
+    correction_images: int | None = option(None, "shadow: images for the black-box correction after the rounds, guided "
+                                           "steps on the target from the best round's prompt with the surrogate's "
+                                           "gradient as prior (default: what the rounds leave, less one round's images "
+                                           "to verify the corrected prompt; 0: none)")
     budget: int = option(20000, "hard limit on images sent while learning (mapping + optimization + validation)")
     batch_size: int | None = option(None, "training images scored per candidate in one step, one minibatch for all "
                                     "(default: 32, fewer when the budget leaves room for under 2 steps of 32)")
@@ -97,7 +101,8 @@ class RunConfig:
     def check(self) -> None:
         """Refuse values out of range before anything runs, naming the option and what it takes."""
         minimums = {"budget": 1, "batch_size": 1, "grid": 1, "dct_k": 1, "subspace_dim": 1, "width": 1, "patch": 1,
-                    "mapping_images": 1, "validations": 1, "rounds": 1, "epochs": 1, "train": 1, "val": 1, "test": 0,
+                    "mapping_images": 1, "validations": 1, "rounds": 1, "epochs": 1, "correction_images": 0,
+                    "train": 1, "val": 1, "test": 0,
                     "http_max_batch": 1, "http_concurrency": 1, "http_attempts": 1}
         for name, low in minimums.items():
             value = getattr(self, name)

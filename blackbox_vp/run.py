@@ -51,7 +51,7 @@ from blackbox_vp.mappings import MAPPINGS, OutputMapping
 from blackbox_vp.optimizers import Optimizer, make_optimizer
 from blackbox_vp.prompts import Prompt
 from blackbox_vp.report import machine, versions, write_result, write_run
-from blackbox_vp.run_setup import BudgetPlan, ShadowPlan, build_prompt, load_splits, resolve, shadow_model, surrogate_prior
+from blackbox_vp.run_setup import BudgetPlan, Plan, ShadowPlan, build_prompt, load_splits, resolve, shadow_model, surrogate_prior
 from blackbox_vp.run_state import FinalScores, RunState, ShadowState, StepRecord
 from blackbox_vp.shadow import ShadowModel
 from blackbox_vp.shadow_phases import ShadowPhases
@@ -158,7 +158,7 @@ class StopRequest(StopSignals):
 class Run:
     """A run in progress: what is rebuilt from the configuration, and the :class:`RunState` that is saved."""
 
-    def __init__(self, config: RunConfig, model: Backend, prompt: Prompt, splits: Splits, plan: BudgetPlan | ShadowPlan,
+    def __init__(self, config: RunConfig, model: Backend, prompt: Prompt, splits: Splits, plan: Plan,
                  loss_fn: Loss, state: RunState, out: Path | None, journal: Journal, stop: StopRequest,
                  shadow_model: ShadowModel | None = None):
         self.config, self.prompt, self.splits, self.plan, self.loss_fn = config, prompt, splits, plan, loss_fn
@@ -167,11 +167,9 @@ class Run:
         self.learning = CountingBackend(self.journaled, budget=config.budget)
         self.learning.images_sent = state.ledger.learning_images
         self.torch_model = torch_model_of(model) if config.optimizer == "whitebox" else None
-        self.phases = {"mapping": self.fit_mapping, "baseline": self.validate_baseline, "optimization": self.search,
-                       "head": self.refit_head, "test": self.test}
-        if shadow_model is not None:
-            self.phases = {**self.phases, **ShadowPhases(self, shadow_model, plan).table()}
-            del self.phases["optimization"]
+        method = (ShadowPhases(self, shadow_model, plan).table() if shadow_model is not None
+                  else {"optimization": self.search, "head": self.refit_head})
+        self.phases = {"mapping": self.fit_mapping, "baseline": self.validate_baseline, **method, "test": self.test}
         self.reports_retries = callable(getattr(self.journaled.unwrap(), "stats", None))
         self.seconds_before, self.session_started = state.seconds, time.perf_counter()
         self.progress = tqdm(total=config.budget, initial=self.learning.images_sent, unit="img",
@@ -318,15 +316,21 @@ class Run:
             labels = torch.from_numpy(train.labels[batch])
             probabilities = state.mapping.probabilities(scores.double())
         else:
-            candidates = state.optimizer.ask()
-            labels = torch.from_numpy(train.labels[batch]).repeat(len(candidates))
-            scores = torch.from_numpy(self.learning.query(self.prompt.apply(candidates, train.images[batch])))
-            probabilities = state.mapping.probabilities(scores)
-            losses = self.loss_fn(probabilities, labels).view(len(candidates), -1).mean(dim=1).numpy()
-            state.optimizer.tell(candidates, losses)
-            loss = float(losses.mean())
+            scores, labels, probabilities, loss = self.query_step(state.optimizer, batch)
         state.buffer.add(scores, labels)
         return loss, float((probabilities.argmax(dim=1) == labels).double().mean())
+
+    def query_step(self, optimizer: Optimizer, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """One ask/tell of a black-box optimizer: the target scores its prompts on one minibatch (common random
+        numbers) and their mean losses are told back; returns the scores, labels, mapped probabilities, mean loss."""
+        train = self.splits.train
+        candidates = optimizer.ask()
+        labels = torch.from_numpy(train.labels[batch]).repeat(len(candidates))
+        scores = torch.from_numpy(self.learning.query(self.prompt.apply(candidates, train.images[batch])))
+        probabilities = self.state.mapping.probabilities(scores)
+        losses = self.loss_fn(probabilities, labels).view(len(candidates), -1).mean(dim=1).numpy()
+        optimizer.tell(candidates, losses)
+        return scores, labels, probabilities, float(losses.mean())
 
     def search(self) -> None:
         """The black-box search (or the white-box reference), then the head stage."""
@@ -645,7 +649,7 @@ def _build_and_run(config: RunConfig, model: Backend, failures: FailureLog | Non
             state = RunState(config=config.to_dict(), phase="mapping", rng=np.random.default_rng(config.seed),
                              optimizer=optimizer, mapping=mapping, head=head, buffer=ScoreBuffer(plan.mapping),
                              ledger=Ledger(), budget_plan=plan.to_dict(),
-                             prior_rng=prior.rng if prior else None,
+                             prior_rng=prior.rng if prior else np.random.default_rng(config.seed + 1) if shadow else None,
                              shadow=ShadowState(local.adapter) if shadow else None)
         if prior is not None:
             prior.mapping, prior.rng = state.mapping, state.prior_rng

@@ -6,12 +6,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
 
 from backends import make_backend
 from blackbox_vp.config import RunConfig
 from blackbox_vp.data import Dataset, Splits, load_task, split
 from blackbox_vp.losses import LOSSES
 from blackbox_vp.mappings import OutputMapping
+from blackbox_vp.optimizers.guided import LADDER, RANDOM_DIRECTIONS
 from blackbox_vp.parameterizations import PARAMETERIZATIONS
 from blackbox_vp.prompts import PROMPTS, Prompt
 
@@ -76,8 +80,57 @@ def split_why(config: RunConfig, num_classes: int) -> dict[str, str]:
             "test": "set (--test)" if config.test is not None else "automatic: 33% of the data"}
 
 
+class Plan:
+    """What both plans share: sizes for any budget (``_sizes``), what a run takes at least (``needed``),
+    and a refusal of a budget below it that names the smallest budget these settings work with."""
+
+    explicit: ClassVar[tuple[str, ...]] = ()  # the settings a refusal names: left out, they follow the budget
+
+    @classmethod
+    def make(cls, config: RunConfig, total: int, num_classes: int, *options: object, **named: object) -> Plan:
+        """The plan for ``config`` on a data set of ``total`` images; refuses a budget it cannot split.
+        ``options``, ``named``: what else the plan's sizes follow (BudgetPlan: the candidates a step scores)."""
+        plan = cls._sizes(config, config.budget, total, num_classes, *options, **named)
+        if plan.needed > config.budget:
+            smallest = cls.smallest_budget(config, total, num_classes, *options, **named)
+            fix = (f"raise --budget to at least {smallest}" if smallest is not None
+                   else "no budget up to 1,000,000 images fits these settings")
+            explicit = [f"--{name.replace('_', '-')} {getattr(config, name)}" for name in cls.explicit
+                        if getattr(config, name) is not None]
+            raise ValueError(f"--budget {config.budget} is too small{plan.shortfall()}; {fix}"
+                             + (f", or drop or lower {', '.join(explicit)} (left out, they follow the budget)"
+                                if explicit else ""))
+        return plan
+
+    @classmethod
+    def smallest_budget(cls, config: RunConfig, total: int, num_classes: int, *options: object,
+                        largest: int = 1_000_000, **named: object) -> int | None:
+        """The smallest budget these settings give a run with (None if none up to ``largest``).
+
+        Scanned one image at a time: what a budget needs is not monotone in it (one more validation pass
+        shrinks an automatic batch), so no jump is safe. Thousands of steps of arithmetic, only on refusal.
+        """
+        for budget in range(1, largest + 1):
+            if cls._sizes(config, budget, total, num_classes, *options, **named).needed <= budget:
+                return budget
+        return None
+
+    @classmethod
+    def _sizes(cls, config: RunConfig, budget: int, total: int, num_classes: int, *options: object,
+               **named: object) -> Plan:
+        raise NotImplementedError
+
+    @property
+    def needed(self) -> int:
+        raise NotImplementedError
+
+    def shortfall(self) -> str:
+        """What the plan's stages need, for a refusal: ': the mapping needs ...'."""
+        raise NotImplementedError
+
+
 @dataclass
-class BudgetPlan:
+class BudgetPlan(Plan):
     """How the images are split: the data splits, and the budget between mapping, validation, search and head.
 
     Every size left automatic (None in the :class:`RunConfig`) follows the budget, so any budget down to
@@ -100,15 +153,7 @@ class BudgetPlan:
     head_stage: int  # a head refitted on the best searched prompt at the end: its mapping images and one validation
     why: dict[str, str]
 
-    @classmethod
-    def make(cls, config: RunConfig, total: int, num_classes: int, candidates_per_step: int,
-             head_stage: bool) -> BudgetPlan:
-        """The plan for ``config`` on a data set of ``total`` images; refuses a budget it cannot split."""
-        plan = cls._sizes(config, config.budget, total, num_classes, candidates_per_step, head_stage)
-        if plan.needed > config.budget:
-            smallest = cls.smallest_budget(config, total, num_classes, candidates_per_step, head_stage)
-            raise ValueError(plan._refusal(config, smallest))
-        return plan
+    explicit = ("val", "mapping_images", "batch_size", "train")
 
     @classmethod
     def _sizes(cls, config: RunConfig, budget: int, total: int, num_classes: int, candidates_per_step: int,
@@ -150,29 +195,10 @@ class BudgetPlan:
     def validation_every(self) -> float:
         return max(self.optimization / self.validations, self.step_images)
 
-    def _refusal(self, config: RunConfig, smallest: int | None) -> str:
-        """Why the budget is too small, the settings that hold it up, and the ``smallest`` budget that works."""
+    def shortfall(self) -> str:
         head = f", the head refit {self.head_stage}" if self.head_stage else ""
-        explicit = [f"--{name.replace('_', '-')} {getattr(config, name)}" for name in
-                    ("val", "mapping_images", "batch_size", "train") if getattr(config, name) is not None]
-        fix = (f"raise --budget to at least {smallest}" if smallest is not None
-               else "no budget up to 1,000,000 images fits these settings")
-        return (f"--budget {config.budget} is too small: the mapping needs {self.mapping} images, two validation "
-                f"passes {2 * self.val}, one optimization step {self.step_images}{head}; {fix}"
-                + (f", or drop or lower {', '.join(explicit)} (left out, they follow the budget)" if explicit else ""))
-
-    @classmethod
-    def smallest_budget(cls, config: RunConfig, total: int, num_classes: int, candidates_per_step: int,
-                        head_stage: bool, largest: int = 1_000_000) -> int | None:
-        """The smallest budget these settings give a run with (None if none up to ``largest``).
-
-        Scanned one image at a time: what a budget needs is not monotone in it (one more validation pass
-        shrinks an automatic batch), so no jump is safe. Thousands of steps of arithmetic, only on refusal.
-        """
-        for budget in range(1, largest + 1):
-            if cls._sizes(config, budget, total, num_classes, candidates_per_step, head_stage).needed <= budget:
-                return budget
-        return None
+        return (f": the mapping needs {self.mapping} images, two validation passes {2 * self.val}, one optimization "
+                f"step {self.step_images}{head}")
 
     def to_dict(self) -> dict:
         """For result.json: each size, the optimization images, and why each size is what it is."""
@@ -184,16 +210,19 @@ class BudgetPlan:
 
 MAX_ROUNDS = 16  # automatic rounds of the shadow method
 TOTAL_EPOCHS = 9  # automatic epochs of the shadow method, spread over its rounds: minutes each on a CPU
+CORRECTION_CANDIDATES = 1 + len(LADDER) + RANDOM_DIRECTIONS  # prompts a guided correction step scores
 
 
 @dataclass
-class ShadowPlan:
+class ShadowPlan(Plan):
     """How the shadow method splits the budget: the mapping images (also the first answers the surrogate is
-    fitted to), one baseline validation, then rounds of (mapping images + one validation) under each trained
-    prompt. Automatic: as many mapping images as leave room for one round (at most the training set), as
-    many rounds as the budget holds (at most ``MAX_ROUNDS``), and ``TOTAL_EPOCHS`` of local training spread
-    over them: a larger budget buys more refits of the surrogate on the prompts visited, for the same local
-    compute. What a budget cannot hold is left unspent."""
+    fitted to), one baseline validation, rounds of (mapping images + one validation) under each trained
+    prompt, then the black-box correction: guided steps on the target from the best round's prompt, and one
+    more round's images to verify where they led. Automatic: as many mapping images as leave room for one
+    round (at most the training set), as many rounds as the budget holds (at most ``MAX_ROUNDS``),
+    ``TOTAL_EPOCHS`` of local training spread over them (a larger budget buys more refits of the surrogate
+    on the prompts visited, for the same local compute), and the correction gets what the rounds leave if
+    that holds a step and its verification. What is still left is unspent."""
 
     budget: int
     train: int
@@ -203,22 +232,10 @@ class ShadowPlan:
     rounds: int
     epochs: int
     batch_size: int
+    correction_steps: int  # guided steps of the correction phase (0: none)
     why: dict[str, str]
 
-    @classmethod
-    def make(cls, config: RunConfig, total: int, num_classes: int) -> ShadowPlan:
-        plan = cls._sizes(config, config.budget, total, num_classes)
-        if plan.needed > config.budget:
-            smallest = next((budget for budget in range(1, 1_000_001)
-                             if cls._sizes(config, budget, total, num_classes).needed <= budget), None)
-            fix = f"raise --budget to at least {smallest}" if smallest else "no budget up to 1,000,000 images fits"
-            explicit = [f"--{name.replace('_', '-')} {getattr(config, name)}" for name in
-                        ("val", "mapping_images", "rounds", "train") if getattr(config, name) is not None]
-            raise ValueError(f"--budget {config.budget} is too small for the shadow method: the mapping needs "
-                             f"{plan.mapping} images, the baseline validation {plan.val}, and {plan.rounds} round(s) "
-                             f"{plan.round_images} each; {fix}"
-                             + (f", or drop or lower {', '.join(explicit)}" if explicit else ""))
-        return plan
+    explicit = ("val", "mapping_images", "rounds", "correction_images", "train")
 
     @classmethod
     def _sizes(cls, config: RunConfig, budget: int, total: int, num_classes: int) -> ShadowPlan:
@@ -227,15 +244,30 @@ class ShadowPlan:
         mapping = min(config.mapping_images or max(val, budget // 2 - val), max(train, 1))
         why["mapping"] = ("set (--mapping-images)" if config.mapping_images is not None else
                           "automatic: the training set, or less to leave room for one round, at least one validation")
-        rounds = config.rounds or max(1, min(MAX_ROUNDS, (budget - mapping - val) // max(mapping + val, 1)))
+        batch = config.batch_size or min(DEFAULT_BATCH, max(train, 1))
+        why["batch_size"] = "set (--batch-size)" if config.batch_size else f"automatic: {DEFAULT_BATCH}, at most the training set"
+        round_images, step_images = mapping + val, CORRECTION_CANDIDATES * batch
+        correction = config.correction_images or 0  # images set aside for the correction's steps
+        if 0 < correction < step_images:
+            raise ValueError(f"--correction-images {correction} holds no correction step: a step scores "
+                             f"{CORRECTION_CANDIDATES} prompts on a batch of {batch}, {step_images} images; give at least "
+                             f"that, or 0 for no correction")
+        rounds = config.rounds or max(1, min(MAX_ROUNDS, (budget - mapping - val - (correction and correction + round_images))
+                                             // max(round_images, 1)))
         why["rounds"] = ("set (--rounds)" if config.rounds is not None else
-                         f"automatic: as many as the budget holds after the mapping and baseline, at most {MAX_ROUNDS}")
+                         f"automatic: as many as the budget holds after the mapping, baseline and correction, at most "
+                         f"{MAX_ROUNDS}")
+        if config.correction_images is None:
+            correction = budget - mapping - val - (rounds + 1) * round_images
+        correction_steps = max(0, correction) // step_images
+        why["correction_steps"] = (
+            "set (--correction-images)" if config.correction_images is not None else
+            f"automatic: the steps of {step_images} images ({CORRECTION_CANDIDATES} prompts x the batch) that fit in "
+            f"what the rounds leave, less one round's images to verify the corrected prompt")
         epochs = config.epochs or max(1, TOTAL_EPOCHS // rounds)
         why["epochs"] = ("set (--epochs)" if config.epochs is not None else
                          f"automatic: {TOTAL_EPOCHS} in all spread over the rounds, at least 1 a round")
-        batch = config.batch_size or min(DEFAULT_BATCH, max(train, 1))
-        why["batch_size"] = "set (--batch-size)" if config.batch_size else f"automatic: {DEFAULT_BATCH}, at most the training set"
-        return cls(budget, train, val, test, mapping, rounds, epochs, batch, why)
+        return cls(budget, train, val, test, mapping, rounds, epochs, batch, correction_steps, why)
 
     @property
     def round_images(self) -> int:
@@ -243,12 +275,27 @@ class ShadowPlan:
         return self.mapping + self.val
 
     @property
+    def correction_step_images(self) -> int:
+        """What one guided correction step sends: its prompts on one minibatch."""
+        return CORRECTION_CANDIDATES * self.batch_size
+
+    @property
+    def correction(self) -> int:
+        """What the correction phase sends: its steps, then the corrected prompt's verification."""
+        return self.correction_steps * self.correction_step_images + self.round_images if self.correction_steps else 0
+
+    @property
     def needed(self) -> int:
-        return self.mapping + self.val + self.rounds * self.round_images
+        return self.mapping + self.val + self.rounds * self.round_images + self.correction
+
+    def shortfall(self) -> str:
+        correction = f", and the correction {self.correction}" if self.correction else ""
+        return (f" for the shadow method: the mapping needs {self.mapping} images, the baseline validation {self.val}, "
+                f"{self.rounds} round(s) {self.round_images} each{correction}")
 
     @property
     def validations(self) -> int:
-        return self.rounds
+        return self.rounds + (self.correction_steps > 0)
 
     step_images = round_images  # the journal's start line names what a step (here a round) sends
     validation_every = 0.0  # every round is validated
@@ -256,12 +303,12 @@ class ShadowPlan:
 
     def to_dict(self) -> dict:
         sizes = {name: getattr(self, name) for name in ("budget", "train", "val", "test", "mapping", "rounds",
-                                                          "epochs", "batch_size", "round_images", "needed")}
+                                                          "epochs", "batch_size", "round_images", "correction_steps",
+                                                          "correction_step_images", "correction", "needed")}
         return {**sizes, "unspent": self.budget - self.needed, "why": dict(self.why)}
 
 
-def load_splits(config: RunConfig, prompt: Prompt, plan_for: Callable[[Dataset], BudgetPlan | ShadowPlan]
-                ) -> tuple[Splits, BudgetPlan | ShadowPlan]:
+def load_splits(config: RunConfig, prompt: Prompt, plan_for: Callable[[Dataset], Plan]) -> tuple[Splits, Plan]:
     """The task's train/val/test splits at the prompt's inner size, as ``plan_for`` sizes them; errors name --data."""
     try:
         dataset = load_task(config.data, prompt.inner_size, seed=config.seed)
@@ -278,12 +325,13 @@ def load_splits(config: RunConfig, prompt: Prompt, plan_for: Callable[[Dataset],
     return splits, plan
 
 
-def resolve(config: RunConfig, canvas_size: tuple[int, int], splits: Splits, plan: BudgetPlan | ShadowPlan) -> RunConfig:
+def resolve(config: RunConfig, canvas_size: tuple[int, int], splits: Splits, plan: Plan) -> RunConfig:
     """``config`` with every automatic size (None) replaced by the one the run uses, for config.toml."""
     width, patch = prompt_sizes(config, canvas_size)
-    rounds, epochs = (plan.rounds, plan.epochs) if isinstance(plan, ShadowPlan) else (config.rounds, config.epochs)
-    return dataclasses.replace(config, width=width, patch=patch, parameterization=parameterization_of(config),
-                               rounds=rounds, epochs=epochs, mapping_images=plan.mapping,
+    shadow = {"rounds": plan.rounds, "epochs": plan.epochs,
+              "correction_images": plan.correction_steps * plan.correction_step_images} if isinstance(plan, ShadowPlan) else {}
+    return dataclasses.replace(config, width=width, patch=patch, parameterization=parameterization_of(config), **shadow,
+                               mapping_images=plan.mapping,
                                validations=plan.validations, batch_size=plan.batch_size, train=len(splits.train),
                                val=len(splits.val), test=len(splits.test))
 
@@ -306,8 +354,9 @@ def surrogate_prior(config: RunConfig, prompt: Prompt, mapping: OutputMapping, s
     if list(surrogate.labels) != list(labels):
         raise ValueError(f"--surrogate {config.surrogate} has other output labels than --backend {config.backend}, so "
                          "the output mapping does not apply to it; use --surrogate none")
+    surrogate.model.requires_grad_(False)
     return SurrogatePrior(surrogate, prompt, mapping, LOSSES.get(config.loss), splits.train, config.batch_size,
-                          seed=config.seed + 1)
+                          rng=np.random.default_rng(config.seed + 1))
 
 
 def shadow_model(config: RunConfig, target_labels: list[str]):

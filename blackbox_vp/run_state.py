@@ -11,6 +11,7 @@ import torch
 from blackbox_vp.journal import Ledger
 from blackbox_vp.mappings import OutputMapping
 from blackbox_vp.optimizers import Optimizer
+from blackbox_vp.optimizers.guided import Guided
 from blackbox_vp.scoring import ScoreBuffer
 from blackbox_vp.shadow import LabelAdapter
 from blackbox_vp.whitebox import Whitebox
@@ -57,7 +58,9 @@ class ShadowState:
     transfer_steps: int = 0  # white-box steps of the round in progress
     features: list[torch.Tensor] = field(default_factory=list)  # the surrogate's log-probabilities (float32), per answer
     answers: list[torch.Tensor] = field(default_factory=list)  # the target's probabilities (float32) of the same images
-    rounds: list[dict] = field(default_factory=list)  # {"round", "theta", "val_accuracy", "head_cv", "head_val"}
+    rounds: list[dict] = field(default_factory=list)  # {"round", "theta", "corrected", "val_accuracy", and with a head:
+    # "head" (fitted on the round's answers), "head_cv", "head_val"}
+    correction: Guided | None = None  # the correction phase's search, from its first step on
 
     def __getstate__(self) -> dict:
         """The checkpoint leaves the features out (4 MB a round of 1,000 images): the distil phase computes
@@ -78,7 +81,7 @@ class RunState:
     buffer: ScoreBuffer
     ledger: Ledger  # images and seconds per phase, last journal "send" id
     budget_plan: dict  # how the budget was split and why (BudgetPlan.to_dict), for result.json
-    prior_rng: np.random.Generator | None = None  # the surrogate prior's minibatches (guided)
+    prior_rng: np.random.Generator | None = None  # the surrogate prior's minibatches (guided, the shadow's correction)
     initial_mapping: OutputMapping | None = None
     head: OutputMapping | None = None  # a mapping searched with another one, refitted on the chosen prompt
     initial_head: OutputMapping | None = None

@@ -13,6 +13,11 @@ after it (and within it, every ``CHECKPOINT_STEPS`` white-box steps or answered 
    prompt. Its answers on the mapping images are the next round's distillation data and this prompt's
    head data; the validation picks the best prompt under the search mapping.
 
+4. **correct** (once, after the last round, if the plan holds a step of it): guided steps on the target
+   (:class:`blackbox_vp.optimizers.guided.Guided`, P-RGF's prior) from the best round's prompt, the
+   shadow's gradient as the prior direction, each scored on one minibatch; then a last **verify** of
+   where they led, a round like the others for the head to judge.
+
 Then **head** (:meth:`ShadowPhases.choose_head`): with the linear head, each round's prompt gets a head
 fitted on its own mapping-image scores, judged as the search method's head stage is (5-fold
 cross-validation on the mapping images plus the validation split, paired with the initial prompt's),
@@ -27,9 +32,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from blackbox_vp.optimizers.guided import Guided
 from blackbox_vp.run_setup import ShadowPlan
 from blackbox_vp.scoring import correct_count, mapped_accuracy
 from blackbox_vp.shadow import ShadowModel
+from blackbox_vp.surrogate import SurrogatePrior
 
 if TYPE_CHECKING:
     from blackbox_vp.run import Run
@@ -42,15 +49,17 @@ class ShadowPhases:
 
     def __init__(self, run: Run, model: ShadowModel, plan: ShadowPlan):
         self.run, self.model, self.plan = run, model, plan
+        self.prior = SurrogatePrior(model, run.prompt, run.state.mapping, run.loss_fn, run.splits.train,
+                                    plan.batch_size, run.state.prior_rng)
 
     def table(self) -> dict:
-        return {"distil": self.distil, "transfer": self.transfer, "verify": self.verify, "head": self.choose_head}
+        return {"distil": self.distil, "transfer": self.transfer, "verify": self.verify, "correct": self.correct,
+                "head": self.choose_head}
 
     def distil(self) -> None:
         """Fit the adapter to every answer so far; first, the surrogate's features of answered images it has not seen."""
         run, state, shadow = self.run, self.run.state, self.run.state.shadow
-        verify_keys = (f"verify:{shadow.round}:mapping", f"validation:{shadow.round + 1}")
-        if not run.learning.fits(self.plan.round_images - sum(run.answered(key) for key in verify_keys)):
+        if not run.learning.fits(self.verification_left()):
             run.adjust("rounds", f"{shadow.round} of {self.plan.rounds}: the images counted twice after a crash left "
                        f"{run.learning.remaining}, and a round sends {self.plan.round_images}")
             run.end_phase("head")
@@ -66,6 +75,12 @@ class ShadowPhases:
         run.journal.write("distil", round=shadow.round + 1, answers=len(answers), kl_newest_before=round(newest, 4),
                           kl_after=round(after, 4))
         run.end_phase("transfer")
+
+    def verification_left(self) -> int:
+        """Images the verification of the round in progress has still to send (fewer after a crash in it)."""
+        shadow = self.run.state.shadow
+        keys = (f"verify:{shadow.round}:mapping", f"validation:{shadow.round + 1}")
+        return self.plan.round_images - sum(self.run.answered(key) for key in keys)
 
     def prompt_of(self, answer: int) -> np.ndarray:
         """The prompt the ``answer``-th answers were given under: the initial one, then each round's."""
@@ -95,26 +110,67 @@ class ShadowPhases:
         run.end_phase("verify")
 
     def verify(self) -> None:
-        """The target scores the mapping images and the validation split under the trained prompt."""
+        """The target scores the mapping images and the validation split under the trained (or corrected) prompt."""
         run, state, shadow, train = self.run, self.run.state, self.run.state.shadow, self.run.splits.train
-        theta = state.optimizer.recommend()
+        if not run.learning.fits(self.verification_left()):  # only after a crash in it, its images counted twice
+            run.adjust(f"round {shadow.round + 1}", f"not verified: the images counted twice after a crash left "
+                       f"{run.learning.remaining}, and its verification needs {self.verification_left()} more")
+            run.end_phase("head")
+            return
+        theta = (shadow.correction or state.optimizer).recommend()
         with state.ledger.during("optimization"):
             answers = run.scored(f"verify:{shadow.round}:mapping", theta, train.images[state.mapping_images])
         state.steps = shadow.round + 1
         if state.mapping.refit:  # an iterative mapping follows the prompt (ILM-VP): refitted on its own answers
             state.mapping.fit(answers, torch.from_numpy(train.labels[state.mapping_images]), len(train.classes))
         val_accuracy, val_scores = run.validate(theta, None)
-        record = {"round": shadow.round + 1, "theta": theta, "val_accuracy": val_accuracy}
+        record = {"round": shadow.round + 1, "theta": theta, "corrected": shadow.correction is not None,
+                  "val_accuracy": val_accuracy}
         if state.head is not None:
-            head = self.head_on(answers.to(torch.float32))
+            record["head"] = self.head_on(answers.to(torch.float32))
             record["head_cv"] = run.cross_validate_head(answers.to(torch.float32).double())
-            record["head_val"] = correct_count(head, val_scores, run.splits.val.labels)
+            record["head_val"] = correct_count(record["head"], val_scores, run.splits.val.labels)
         shadow.answers.append(answers.to(torch.float32))
         shadow.rounds.append(record)
         shadow.round += 1
         run.journal.write("step", step=state.steps, images=run.learning.images_sent, val_accuracy=val_accuracy,
-                          elapsed=round(run.elapsed(), 3))
-        run.end_phase("distil" if shadow.round < self.plan.rounds else "head")
+                          corrected=record["corrected"], elapsed=round(run.elapsed(), 3))
+        if shadow.round < self.plan.rounds:
+            run.end_phase("distil")
+        else:
+            run.end_phase("correct" if self.plan.correction_steps and shadow.correction is None else "head")
+
+    def correct(self) -> None:
+        """Guided steps on the target from the best round's prompt, the shadow's gradient as the prior; stops
+        between steps on Ctrl-C. Then the corrected prompt is verified, unless no step could be taken."""
+        run, state, shadow, plan, train = self.run, self.run.state, self.run.state.shadow, self.plan, self.run.splits.train
+        if shadow.correction is None:
+            shadow.correction = Guided(self.best_round()["theta"], seed=run.config.seed)
+        optimizer = shadow.correction
+        optimizer.prior = self.prior.direction  # not in the checkpoint: a torch model
+        with state.ledger.during("optimization"):
+            while (optimizer.steps < plan.correction_steps and not run.stop.requested
+                   and run.learning.fits(plan.correction_step_images + plan.round_images)):
+                batch = state.rng.choice(len(train), size=min(plan.batch_size, len(train)), replace=False)
+                *_, loss = run.query_step(optimizer, batch)
+                run.journal.write("correct", step=optimizer.steps, images=run.learning.images_sent,
+                                  loss=round(loss, 4), step_size=optimizer.step_size)
+                run.show(loss)
+                run.checkpoint()
+        if run.stop.requested:
+            return
+        if optimizer.steps < plan.correction_steps:
+            run.adjust("correction", f"{optimizer.steps} of {plan.correction_steps} steps: the images counted twice "
+                       f"after a crash left {run.learning.remaining}, and a step with the verification takes "
+                       f"{plan.correction_step_images + plan.round_images}")
+        run.end_phase("verify" if optimizer.steps and run.learning.fits(plan.round_images) else "head")
+
+    def best_round(self) -> dict:
+        """The round whose prompt is best: on the pooled judgement of its head, else on validation accuracy
+        under the search mapping (the first of equals)."""
+        return max(self.run.state.shadow.rounds,
+                   key=(lambda record: record["head_cv"] + record["head_val"]) if self.run.state.head is not None
+                   else (lambda record: record["val_accuracy"]))
 
     def head_on(self, answers: torch.Tensor):
         """A head fitted on a prompt's scores of the mapping images."""
@@ -132,24 +188,23 @@ class ShadowPhases:
         initial_pooled = (state.initial_head_cv + correct_count(state.initial_head, state.baseline_val_scores,
                                                                 val.labels)) / judged
         selection.baseline_val = mapped_accuracy(state.initial_head, state.baseline_val_scores, val.labels)
-        pooled = [(record["head_cv"] + record["head_val"]) / judged for record in state.shadow.rounds]
-        best = int(np.argmax(pooled)) if pooled else None
-        verdict = ", ".join(f"round {record['round']} {value:.4f}" for record, value in zip(state.shadow.rounds, pooled))
+        pooled = {record["round"]: (record["head_cv"] + record["head_val"]) / judged for record in state.shadow.rounds}
+        best = self.best_round() if state.shadow.rounds else None
+        verdict = ", ".join(f"round {record['round']}{' (corrected)' if record['corrected'] else ''} "
+                            f"{pooled[record['round']]:.4f}" for record in state.shadow.rounds)
         why = (f"pooled accuracy of each prompt's head (5-fold cross-validation on {len(state.mapping_images)} "
                f"mapping images and {len(val)} validation images): {verdict or 'no round'}; the initial prompt's "
                f"{initial_pooled:.4f}")
-        if best is not None and pooled[best] > initial_pooled:
-            record = state.shadow.rounds[best]
-            selection.best_theta = record["theta"]
-            selection.best_mapping = self.head_on(state.shadow.answers[best + 1])
-            selection.best_val = record["head_val"] / len(val)
-            state.kept = {"prompt": "searched", "why": f"round {record['round']}: {why}"}
+        if best is not None and pooled[best["round"]] > initial_pooled:
+            selection.best_theta, selection.best_mapping = best["theta"], best["head"]
+            selection.best_val = best["head_val"] / len(val)
+            state.kept = {"prompt": "searched", "why": f"round {best['round']}: {why}"}
         else:
             selection.best_theta, selection.best_mapping = run.prompt.initial(), state.initial_head
             selection.best_val = selection.baseline_val
             state.kept = {"prompt": "initial", "why": why}
         selection.history.append({"images": run.learning.images_sent, "step": state.steps, "head": True,
                                   "val_accuracy": selection.best_val, "loss": None,
-                                  "pooled_accuracy": pooled[best] if best is not None else None,
+                                  "pooled_accuracy": pooled[best["round"]] if best is not None else None,
                                   "initial_pooled_accuracy": initial_pooled})
         run.end_phase("test")

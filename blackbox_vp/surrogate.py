@@ -16,17 +16,18 @@ from blackbox_vp.data import Dataset
 from blackbox_vp.losses import Loss
 from blackbox_vp.mappings import OutputMapping
 from blackbox_vp.prompts import Prompt
+from blackbox_vp.shadow import ShadowModel
 
 
 class SurrogatePrior:
-    """``direction(theta)``: the unit-norm negative gradient of the loss through the surrogate."""
+    """``direction(theta)``: the unit-norm negative gradient of the loss through the surrogate, on a minibatch
+    of training images drawn with ``rng``. The surrogate is any local model with ``logits(pixels)`` in the
+    target's labels and a ``device``: a torch classifier, or the shadow method's surrogate + adapter."""
 
-    def __init__(self, surrogate: TorchClassifierBackend, prompt: Prompt, mapping: OutputMapping, loss: Loss,
-                 train: Dataset, batch_size: int, seed: int):
+    def __init__(self, surrogate: TorchClassifierBackend | ShadowModel, prompt: Prompt, mapping: OutputMapping,
+                 loss: Loss, train: Dataset, batch_size: int, rng: np.random.Generator):
         self.surrogate, self.prompt, self.mapping, self.loss = surrogate, prompt, mapping, loss
-        self.train, self.batch_size = train, batch_size
-        self.rng = np.random.default_rng(seed)
-        surrogate.model.requires_grad_(False)
+        self.train, self.batch_size, self.rng = train, batch_size, rng
 
     def direction(self, theta: np.ndarray) -> np.ndarray:
         batch = self.rng.choice(len(self.train), size=min(self.batch_size, len(self.train)), replace=False)

@@ -42,7 +42,8 @@ METHODS: dict[str, tuple[dict, Callable[[], Backend]]] = {
     "guided + linear head": ({}, ToyBackend),
     "cma, frequency mapping": ({"optimizer": "cma", "mapping": "frequency"}, ToyBackend),
     "white-box reference": ({"optimizer": "whitebox", "lr": 0.3}, tiny_torch_backend),
-    "shadow": ({"optimizer": "shadow", "surrogate": "toy-torch", "epochs": 1}, ToyBackend),
+    "shadow": ({"optimizer": "shadow", "surrogate": "toy-torch", "epochs": 1, "budget": 1500, "rounds": 1,
+                "batch_size": 16}, ToyBackend),  # a round, then a correction step
 }
 
 
@@ -126,7 +127,8 @@ def test_a_shadow_run_killed_after_any_checkpoint_resumes_to_the_same_end(tmp_pa
     """The shadow method's distil and transfer phases send nothing: they are killed after each checkpoint
     instead (every phase's end, each answered query, every few white-box steps), losing no image, so every
     resumed run must end exactly as the uninterrupted one."""
-    settings = {**SETTINGS, "optimizer": "shadow", "surrogate": "toy-torch", "epochs": 1, "batch_size": 16}
+    settings = {**SETTINGS, "optimizer": "shadow", "surrogate": "toy-torch", "epochs": 1, "batch_size": 16,
+                "budget": 1500, "rounds": 1}  # the round leaves room for a correction step: 450 + 450 + 96 + 450
     expected = optimize(RunConfig(**settings, out=str(tmp_path / "uninterrupted")), backend=ToyBackend())
     phases_seen, at = set(), 0
     while True:
@@ -145,8 +147,8 @@ def test_a_shadow_run_killed_after_any_checkpoint_resumes_to_the_same_end(tmp_pa
         resumed = resume(out, backend=ToyBackend())
         assert resumed.status == "finished" and resumed.images_lost == 0 and not resumed.adjustments, f"kill {at}"
         assert same_result(resumed, expected) and resumed.queries_used == expected.queries_used, f"kill {at}"
-    assert {"mapping", "baseline", "distil", "transfer", "verify", "head", "test", "done"} <= phases_seen
-    assert at > 15  # 18 checkpoints when written
+    assert {"mapping", "baseline", "distil", "transfer", "verify", "correct", "head", "test", "done"} <= phases_seen
+    assert expected.budget_plan["correction_steps"] == 1 and at > 15
 
 
 def load_phase(out: Path) -> str:

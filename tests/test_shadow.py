@@ -14,6 +14,7 @@ from backends import TopKBackend
 from backends.toy import ToyBackend
 from backends.toy_torch import toy_torch_backend
 from blackbox_vp import RunConfig, optimize
+from blackbox_vp.checkpoint import load_checkpoint
 from blackbox_vp.journal import read_journal
 from blackbox_vp.run_setup import MAX_ROUNDS, TOTAL_EPOCHS, ShadowPlan
 from blackbox_vp.shadow import LabelAdapter, ShadowModel
@@ -72,10 +73,41 @@ def test_the_plan_spends_rounds_of_mapping_images_and_one_validation():
     assert (at_5000.mapping, at_5000.rounds, at_5000.round_images, at_5000.needed) == (1000, 3, 1100, 4400)
     assert at_5000.epochs == TOTAL_EPOCHS // 3
     at_20000 = plan(20000, train=1000, val=100, test=697)
-    assert (at_20000.rounds, at_20000.epochs, at_20000.needed) == (MAX_ROUNDS, 1, 1100 + 16 * 1100)
+    assert (at_20000.rounds, at_20000.epochs) == (MAX_ROUNDS, 1)
+    assert (at_20000.correction_steps, at_20000.needed) == (1, 1100 + 16 * 1100 + 6 * 32 + 1100)  # what is left
     small = plan(1000, train=1000, val=100, test=697)  # room for one round: fewer mapping images
     assert (small.mapping, small.rounds, small.needed) == (400, 1, 1000)
-    assert plan(5000, train=1000, val=100, test=697, rounds=2).needed == 3300
+    assert plan(5000, train=1000, val=100, test=697, rounds=2, correction_images=0).needed == 3300
+    assert plan(5000, train=1000, val=100, test=697, rounds=2).correction_steps == 3  # 1,700 left: 3 steps and a round
+
+
+def test_the_correction_gets_what_the_rounds_leave_or_what_is_set_aside_for_it():
+    assert plan(5000, train=1000, val=100, test=697).correction_steps == 0  # 600 left: less than a step and a round
+    assert plan(20000, train=1000, val=100, test=697, correction_images=0).needed == 1100 + 16 * 1100
+    chosen = plan(5000, train=1000, val=100, test=697, rounds=2, correction_images=576)
+    assert (chosen.correction_steps, chosen.correction, chosen.needed) == (3, 3 * 192 + 1100, 1100 + 2 * 1100 + 1676)
+    fewer_rounds = plan(5000, train=1000, val=100, test=697, correction_images=576)  # rounds make room for it
+    assert (fewer_rounds.rounds, fewer_rounds.correction_steps) == (2, 3) and fewer_rounds.needed <= 5000
+    with pytest.raises(ValueError, match="--correction-images 100 holds no correction step: .* 192 images"):
+        plan(5000, correction_images=100)
+
+
+def test_the_correction_searches_from_the_best_round_and_its_prompt_is_verified_as_a_last_round(tmp_path):
+    settings = {**SHADOW, "rounds": 1, "batch_size": 8, "out": str(tmp_path)}  # 150 left after 1 round: 3 steps of 48
+    result = optimize(RunConfig(**settings), backend=ToyBackend())
+    assert result.budget_plan["correction_steps"] == 3 and result.budget_plan["correction"] == 3 * 48 + 450
+    assert result.queries_used == 450 + 450 + 3 * 48 + 450 <= result.budget
+    journal = [entry for entry in read_journal(tmp_path / "journal.jsonl") if entry["event"] != "send"]
+    assert [entry["event"] for entry in journal] == ["start", "distil", "transfer", "step", "correct", "correct",
+                                                     "correct", "step", "end"]
+    corrections = [entry for entry in journal if entry["event"] == "correct"]
+    assert [entry["images"] for entry in corrections] == [900 + 48, 900 + 96, 900 + 144]
+    assert [entry["corrected"] for entry in journal if entry["event"] == "step"] == [False, True]
+    assert "round 2 (corrected)" in result.kept["why"]
+    state = load_checkpoint(tmp_path / "checkpoint")
+    first, corrected = state.shadow.rounds
+    assert np.array_equal(state.shadow.correction.x0, first["theta"]) and state.shadow.correction.steps == 3
+    assert np.array_equal(corrected["theta"], state.shadow.correction.recommend())
 
 
 def test_a_budget_too_small_is_refused_with_the_smallest_that_works():

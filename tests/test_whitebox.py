@@ -56,7 +56,7 @@ def test_surrogate_prior_points_downhill():
     theta = np.random.default_rng(0).normal(0, 0.5, prompt.dimension)
     scores = torch.from_numpy(backend.query(prompt.apply(theta, data.images)))
     mapping = FrequencyMapping().fit(scores, torch.from_numpy(data.labels), 10)
-    prior = SurrogatePrior(backend, prompt, mapping, cross_entropy, data, batch_size=64, seed=0)
+    prior = SurrogatePrior(backend, prompt, mapping, cross_entropy, data, batch_size=64, rng=np.random.default_rng(0))
     direction = prior.direction(theta)
     assert np.linalg.norm(direction) == pytest.approx(1.0)
 

@@ -18,13 +18,14 @@ import numpy as np
 from blackbox_vp.optimizers.base import OPTIMIZERS, Optimizer
 
 LADDER = (0.5, 1.0, 2.0)
+RANDOM_DIRECTIONS = 2  # random directions per step, besides the prior's ladder
 
 
 @OPTIMIZERS.register("guided", "ours: (1+lambda) line search along a surrogate's gradient + random directions, self-scaling")
 class Guided(Optimizer):
     name = "guided"
 
-    def __init__(self, x0: np.ndarray, seed: int = 0, eta: float = 0.5, random_directions: int = 2,
+    def __init__(self, x0: np.ndarray, seed: int = 0, eta: float = 0.5, random_directions: int = RANDOM_DIRECTIONS,
                  prior: Callable[[np.ndarray], np.ndarray] | None = None):
         super().__init__(x0, seed)
         self.theta = self.x0.copy()
