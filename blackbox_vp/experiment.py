@@ -279,8 +279,9 @@ def _check_ray() -> None:
 
 
 def run_experiment(experiment: Experiment, out: Path, jobs: int = 1, device: str = "cpu", ray: str | None = None,
-                   ray_cpus: int = 1) -> Outcome:
-    """Run the unfinished cells (``jobs`` at a time), then write results.csv, summary.md and curves.png.
+                   ray_cpus: int = 1, threads: int | None = None) -> Outcome:
+    """Run the unfinished cells (``jobs`` at a time, ``threads`` torch threads each: by default the cores
+    shared out), then write results.csv, summary.md and curves.png.
 
     ``ray``: run the cells as Ray tasks instead, on the cluster at that address (``"auto"``,
     ``"ray://head:10001"``, or ``"local"`` for a Ray started on this machine), ``ray_cpus`` CPUs each.
@@ -289,6 +290,8 @@ def run_experiment(experiment: Experiment, out: Path, jobs: int = 1, device: str
 
     if jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
     if ray is not None:
         _check_ray()
         if ray_cpus < 1:
@@ -301,7 +304,7 @@ def run_experiment(experiment: Experiment, out: Path, jobs: int = 1, device: str
         check_cells_match(cells)
         todo = [cell for cell in cells if not is_finished(cell)]
         outcome = Outcome(ran=[], skipped=[cell.name for cell in cells if cell not in todo], failed={})
-        threads = ray_cpus if ray is not None else max(1, (os.cpu_count() or 1) // jobs)
+        threads = ray_cpus if ray is not None else threads or max(1, (os.cpu_count() or 1) // jobs)
         (out / "experiment.toml").write_text(experiment.path.read_text(encoding="utf-8"), encoding="utf-8")
         how = f"as Ray tasks on {ray}" if ray is not None else f"{jobs} at a time"
         print(f"{experiment.name}: {len(cells)} cells, {len(outcome.skipped)} finished, {len(todo)} to run "
@@ -558,6 +561,8 @@ def add_experiment_parser(subparsers: argparse._SubParsersAction) -> None:
                         "a config in experiments/configs, else results/<config stem> beside the config)")
     parser.add_argument("--jobs", type=int, default=1, help="cells run at once, in separate processes (default: 1)")
     parser.add_argument("--device", default="cpu", help="torch device of local backends: cpu or cuda (default: cpu)")
+    parser.add_argument("--threads", type=int, metavar="N", help="torch threads of each cell (default: the cores "
+                        "divided by --jobs); e.g. 1 for two experiments side by side on 2 cores")
     parser.add_argument("--ray", metavar="ADDRESS", help="run the cells as Ray tasks (instead of --jobs) on the "
                         "cluster at ADDRESS: auto, ray://head:10001, or local for a Ray on this machine; needs "
                         "pip install 'blackbox-vp[ray]' and run directories that every node sees")
@@ -593,7 +598,7 @@ def run_experiment_command(args: argparse.Namespace) -> int:
                                  ray_cpus=args.ray_cpus)
     try:
         outcome = run_experiment(experiment, out, jobs=args.jobs, device=args.device, ray=args.ray,
-                                 ray_cpus=args.ray_cpus)
+                                 ray_cpus=args.ray_cpus, threads=args.threads)
     except ExperimentInterrupted as stopped:
         print(f"bbvp experiment: {stopped}", file=sys.stderr)
         return 130

@@ -250,3 +250,12 @@ def test_a_stop_sent_to_the_experiment_alone_stops_its_running_cells_after_their
     sizes = [(cell.dir / "journal.jsonl").stat().st_size for cell in started]
     time.sleep(1.0)
     assert [(cell.dir / "journal.jsonl").stat().st_size for cell in started] == sizes  # no worker left running
+
+
+def test_threads_sets_each_cells_torch_threads_and_zero_is_refused(tmp_path, capsys):
+    one_cell = TOY_GRID.replace("seeds = [0, 1, 2]", "seeds = [0]").split('[methods."guided (ours)"]')[0]
+    experiment = load_experiment(write_config(tmp_path, one_cell))
+    with pytest.raises(ValueError, match="--threads must be at least 1, got 0"):
+        run_experiment(experiment, tmp_path / "out", threads=0)
+    outcome = run_experiment(experiment, tmp_path / "out", jobs=1, threads=1)
+    assert outcome.ran == ["cma_b1500_s0"] and "1 to run (1 at a time, 1 torch threads each)" in capsys.readouterr().out

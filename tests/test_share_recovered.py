@@ -35,3 +35,16 @@ def test_the_share_is_the_methods_gain_over_grey_as_a_part_of_the_ceilings(tmp_p
     assert "+0.055 ± 0.030" in shadow  # differences 0.07 and 0.04: mean 0.055, SE 0.015
     assert "| 0.50 x |" in next(line for line in lines if "| shadow, frequency |" in line)
     assert "| 15% |" in next(line for line in lines if "| cma + head |" in line)  # (0.865 - 0.85) / 0.1
+
+
+def test_the_ceilings_may_come_from_another_results_file(tmp_path):
+    """A top-5-only target gives no gradients: its runs take the ceilings of the full-score target's grid."""
+    ceilings = share_recovered.read(write(tmp_path / "full.csv", [("whitebox + head", "white-box", 20000, 0, "linear",
+                                                                    0.95, 0.85)]))
+    top5 = share_recovered.read(write(tmp_path / "top5.csv", [("shadow (ours)", "black-box", 5000, 0, "linear", 0.90,
+                                                                0.80)]))
+    assert "| — |" in next(line for line in share_recovered.table(top5, "whitebox + head", "whitebox, frequency",
+                                                                   "cma + head") if "shadow" in line)
+    line = next(line for line in share_recovered.table(top5, "whitebox + head", "whitebox, frequency", "cma + head",
+                                                       ceilings) if "shadow" in line)
+    assert "| 0.950 | 67% |" in line  # (0.90 - 0.80) / (0.95 - 0.80): each run's own grey + head
