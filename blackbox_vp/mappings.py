@@ -178,7 +178,7 @@ class LinearHeadMapping(OutputMapping):
     def fit(self, scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> LinearHeadMapping:
         x = self.features(torch.as_tensor(scores, dtype=torch.float64))
         self.mean = x.mean(dim=0)
-        self.scale = x.std(dim=0).clamp_min(1e-6)
+        self.scale = x.std(dim=0, correction=int(len(x) > 1)).clamp_min(1e-6)  # one image (--mapping-images 1): 0
         x = (x - self.mean) / self.scale
         y = torch.as_tensor(labels, dtype=torch.long)
         weight = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, requires_grad=True)

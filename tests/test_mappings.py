@@ -66,6 +66,14 @@ def test_linear_head_separates_what_frequency_cannot():
     assert accuracy(head) > 0.95 and accuracy(frequency) < 0.7
 
 
+def test_a_linear_head_fitted_on_one_image_is_finite_and_gives_its_class(recwarn):
+    """--mapping-images 1: one image's spread is zero, not NaN (and no degrees-of-freedom warning)."""
+    scores = torch.softmax(torch.tensor([[2.0, 0.5, -1.0, 0.0]], dtype=torch.float64), dim=1)
+    head = LinearHeadMapping().fit(scores, torch.tensor([2]), num_classes=3)
+    assert torch.isfinite(head.weight).all() and head.probabilities(scores).argmax(dim=1).tolist() == [2]
+    assert not [warning for warning in recwarn if "degrees of freedom" in str(warning.message)]
+
+
 def test_cross_validation_scores_each_image_with_a_mapping_that_never_saw_it():
     # Labels carry no information: a head on 200 features fits its own images well but cross-validates
     # at chance; the fitted head passed in is not changed.
