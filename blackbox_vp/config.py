@@ -89,6 +89,9 @@ class RunConfig:
     http_timeout: float = option(60.0, "seconds to wait for each answer of a --backend URL (connect: at most 10)")
     http_attempts: int = option(6, "attempts per request to a --backend URL, retries included (connection errors, "
                                 "timeouts, 408, 425, 429, 500, 502, 503, 504)")
+    scores: str = option("auto", "what a --backend URL answers with: probabilities, logits or log-probabilities "
+                         "(the last two turned into probabilities by a softmax); 'auto' tells from the first answer "
+                         "(a value below 0 or above 1: logits)")
     out: str | None = option(None, "run directory: config.toml, journal.jsonl, checkpoint, result.json, prompt.json, "
                              "prompt.png, examples.png, curve.png (default: none; nothing is written and the run "
                              "cannot be resumed)")

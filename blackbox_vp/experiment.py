@@ -210,14 +210,16 @@ def is_finished(cell: Cell) -> bool:
 
 
 def check_cells_match(cells: list[Cell]) -> None:
-    """Refuse to reuse a cell directory that was run with other settings than the config gives now."""
+    """Refuse to reuse a cell directory that was run with other settings than the config gives now. A setting
+    its config.toml lacks came after the cell ran: it ran as that setting's default does."""
     for cell in cells:
         stored = _settings_of(cell)
         if stored is None:
             continue
         for key, value in cell.config.to_dict().items():
-            if key not in NOT_COMPARED_ON_RESUME and value is not None and stored.get(key) != value:
-                raise ValueError(f"{cell.dir} was run with {key}={stored.get(key)!r}, but the config now gives "
+            ran_with = stored.get(key, getattr(RunConfig, key))
+            if key not in NOT_COMPARED_ON_RESUME and value is not None and ran_with != value:
+                raise ValueError(f"{cell.dir} was run with {key}={ran_with!r}, but the config now gives "
                                  f"{key}={value!r}; delete that directory to rerun the cell, or use another --out")
 
 

@@ -171,6 +171,22 @@ def test_changed_settings_are_not_mixed_with_finished_cells(finished, tmp_path):
         run_experiment(changed, out)
 
 
+def test_a_cell_run_before_a_setting_existed_counts_as_run_with_its_default(tmp_path):
+    """A newer version adds a setting: cells finished before it ran as its default does, and are kept."""
+    one_cell = TOY_GRID.replace("seeds = [0, 1, 2]", "seeds = [0]").split('[methods."guided (ours)"]')[0]
+    experiment = load_experiment(write_config(tmp_path, one_cell))
+    out = tmp_path / "out"
+    assert run_experiment(experiment, out).ran == ["cma_b1500_s0"]
+    config = out / "cells" / "cma_b1500_s0" / "config.toml"
+    config.write_text("\n".join(line for line in config.read_text(encoding="utf-8").splitlines()
+                                if not line.startswith("scores")) + "\n", encoding="utf-8")  # as an older bbvp wrote it
+    assert run_experiment(experiment, out).skipped == ["cma_b1500_s0"]
+    explicit = load_experiment(write_config(tmp_path, one_cell.replace('optimizer = "cma"',
+                                                                       'optimizer = "cma"\nscores = "logits"')))
+    with pytest.raises(ValueError, match=r"was run with scores='auto', but the config now gives scores='logits'"):
+        run_experiment(explicit, out)
+
+
 @pytest.mark.parametrize(("line", "message"), [
     ("gird = 4", r"toy\.toml: \[grid\]: unknown setting 'gird'"),
     ("lr = \"fast\"", r"toy\.toml: \[grid\]: lr must be float, got 'fast'"),

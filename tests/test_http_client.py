@@ -88,7 +88,7 @@ def test_the_first_request_carries_one_image_and_a_later_call_goes_out_as_one_re
         np.testing.assert_array_equal(model.query(images), TOY.query(images))
         assert log[6:] == [10] and model.labels == TOY.labels and model.image_size == (16, 16)
         assert model.stats() == {"requests": 8, "retries": 0, "failures": 0, "images_sent": 20, "images_timed_out": 0,
-                                 "images": 20, "cost": 0.0}  # metadata + 6 requests + one batch
+                                 "images": 20, "cost": 0.0, "scores": "probabilities"}  # metadata + 6 requests + one batch
         assert model.query(images[:0]).shape == (0, 6) and model.requests == 8
     finally:
         model.close()
@@ -251,7 +251,7 @@ def test_a_timed_out_attempt_counts_its_images_as_possibly_paid_and_halves_the_l
         # the first 8 images timed out (the limit halved to 4), their retry was answered (doubled back to 8)
         assert log == [8, 8, 8] and model.stats() | {"requests": 0} == {
             "requests": 0, "retries": 1, "failures": 3, "images_sent": 15 + 16 + 8 + 8 + 24,
-            "images_timed_out": 16 + 8, "images": 15 + 24, "cost": 0.0}
+            "images_timed_out": 16 + 8, "images": 15 + 24, "cost": 0.0, "scores": "probabilities"}
     finally:
         model.close()
 

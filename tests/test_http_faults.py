@@ -87,7 +87,7 @@ def test_retryable_faults_recover_to_the_clean_scores_within_the_budget(images, 
     stalls = faults.count(STALL)
     assert model.stats() | {"cost": 0} == {"requests": 1 + FIRST_CALL + len(faults) + 1, "retries": len(faults),
                                            "failures": len(faults), "images_sent": 12 + 6 * (len(faults) + 1),
-                                           "images_timed_out": 6 * stalls, "images": 18, "cost": 0}
+                                           "images_timed_out": 6 * stalls, "images": 18, "cost": 0, "scores": "probabilities"}
     assert len(events) == len(faults) and all(event["retry"] and event["images"] == 6 for event in events)
     assert [event["attempt"] for event in events] == list(range(1, len(faults) + 1))
     assert all(event["url"] == f"{server.url}/bbvp/v1/predict" for event in events)

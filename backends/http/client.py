@@ -45,6 +45,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from backends.base import Backend, BackendError, check_images, check_scores
 from backends.http.codecs import FORMATS, Call, CodecError, ModelInfo
+from backends.http.scores import ScoresError, check_kind, detect, to_probabilities
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -287,7 +288,7 @@ class HTTPBackend(Backend):
                  backoff: float = 0.5, max_backoff: float = 30.0, max_retry_after: float = 60.0,
                  rate_limit: float | None = None, image_rate_limit: float | None = None,
                  cost_per_image: float = 0.0, token_env: str | None = None, token_file: str | Path | None = None,
-                 token_header: str = "Authorization", verify: bool | str | Path = True,
+                 token_header: str = "Authorization", verify: bool | str | Path = True, scores: str = "auto",
                  on_failure: FailureHook | None = None, transport: httpx.AsyncBaseTransport | None = None):
         parts = urlsplit(url)
         if parts.password is not None or "@" in parts.netloc:
@@ -303,6 +304,9 @@ class HTTPBackend(Backend):
         self.url = url.rstrip("/")
         self.format = format
         self.codec = FORMATS.get(format)(self.url)
+        if check_kind(scores) == "auto":  # the first answer tells, where the format passes on the model's outputs
+            scores = None if self.codec.model_outputs else "probabilities"
+        self.score_kind = scores
         self.max_attempts = max_attempts
         self.cost_per_image = cost_per_image
         self.requests = 0  # HTTP requests sent, retries and metadata included
@@ -457,15 +461,30 @@ class HTTPBackend(Backend):
         call = await asyncio.get_running_loop().run_in_executor(self._encoder, self.codec.encode, chunk, self.labels)
         payload = await self._request(call, count)
         try:
-            scores = self.codec.decode(payload, count, self.labels)
+            scores = self._probabilities(self.codec.decode(payload, count, self.labels), call.url)
             return check_scores(scores, count, self.num_labels, source=f"{self.format} server at {call.url}")
-        except (CodecError, BackendError) as error:
+        except (CodecError, ScoresError, BackendError) as error:
             if isinstance(error, CodecError):
                 error = BackendError(self._mask(f"{self.format} answer from {call.url} does not fit the format: "
                                                 f"{error}"))
+            elif isinstance(error, ScoresError):
+                error = BackendError(self._mask(f"{self.format} server at {call.url}: {error}"))
             self._failed(call, count, None, error, retry=False, status=200)
             error.status = 200  # an answer came, but not one to use: sending it again would not help
             raise error from None
+
+    def _probabilities(self, scores: np.ndarray, url: str) -> np.ndarray:
+        """The answer's scores as probabilities, of the kind ``--scores`` names; under 'auto' the first answer's
+        kind holds for the backend's life (see :mod:`backends.http.scores`)."""
+        if not np.all(np.isfinite(scores)):
+            raise ScoresError("it returned NaN or infinite scores")
+        if self.score_kind is None and len(scores):
+            self.score_kind = detect(scores)
+            if self.score_kind != "probabilities":
+                log.warning("%s answers with scores that are not probabilities (a value below 0 or above 1): they "
+                            "are taken as logits and turned into probabilities by a softmax; --scores sets the kind",
+                            url)
+        return to_probabilities(scores, self.score_kind or "probabilities")
 
     async def _request(self, call: Call, count: int, missing_ok: bool = False) -> Any:
         """Send ``call`` with retries; the parsed JSON answer (None for a 404 when ``missing_ok``).
@@ -592,13 +611,14 @@ class HTTPBackend(Backend):
         """Cost of the images answered so far: images x cost_per_image."""
         return self.images_answered * self.cost_per_image
 
-    def stats(self) -> dict[str, float]:
+    def stats(self) -> dict[str, float | str | None]:
         """Requests sent (retries and metadata included), retries, failed attempts, images sent (retries
         included), images timed out (in attempts that timed out waiting for the answer: the server may
-        have scored, and billed, them), images answered and their cost."""
+        have scored, and billed, them), images answered, their cost, and the kind of scores the server
+        sends (None under 'auto' before the first answer)."""
         return {"requests": self.requests, "retries": self.retries, "failures": self.failures,
                 "images_sent": self.images_sent, "images_timed_out": self.images_timed_out,
-                "images": self.images_answered, "cost": self.spent}
+                "images": self.images_answered, "cost": self.spent, "scores": self.score_kind}
 
     def close(self) -> None:
         """Close the connections and stop the event loop thread. Safe to call twice."""

@@ -63,11 +63,14 @@ class Codec(ABC):
     """One wire format. ``batched``: one request may carry several images.
 
     ``keyed``: answers name their labels (so labels must be unique and every named label known).
+    ``model_outputs``: the answer passes on what the model's last layer gives, probabilities or logits
+    (``--scores auto`` tells which); otherwise the format itself says they are probabilities.
     """
 
     name: ClassVar[str]
     batched: ClassVar[bool]
     keyed: ClassVar[bool]
+    model_outputs: ClassVar[bool] = False
 
     def __init__(self, url: str):
         self.url = url.rstrip("/")
@@ -278,6 +281,7 @@ class OipV2Codec(Codec):
 
     batched = True
     keyed = False
+    model_outputs = True
 
     def __init__(self, url: str):
         super().__init__(url)
@@ -364,6 +368,7 @@ class KServeV1Codec(Codec):
 
     batched = True
     keyed = False
+    model_outputs = True
 
     def __init__(self, url: str):
         super().__init__(url)
