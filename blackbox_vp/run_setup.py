@@ -4,6 +4,7 @@ surrogate prior, each from the run's :class:`RunConfig`; errors name the option 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -346,7 +347,13 @@ def surrogate_prior(config: RunConfig, prompt: Prompt, mapping: OutputMapping, s
     from blackbox_vp.surrogate import SurrogatePrior
 
     name = config.surrogate
-    if name == "none" or (name == "auto" and list(labels) != imagenet_labels()):
+    if name == "none":
+        return None
+    if name == "auto" and list(labels) != imagenet_labels():
+        if len(labels) == len(imagenet_labels()):
+            warnings.warn(f"--surrogate auto: --backend {config.backend} scores {len(labels)} labels but not by "
+                          "ImageNet's names, so the search goes without the surrogate's prior (random directions "
+                          "only); if it is an ImageNet classifier, pass --labels with its label names", stacklevel=2)
         return None
     surrogate = make_backend("surrogate" if name == "auto" else name, device=config.device)
     if not isinstance(surrogate, TorchClassifierBackend):

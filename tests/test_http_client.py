@@ -17,7 +17,7 @@ from PIL import Image
 
 from backends import CountingBackend
 from backends.base import BackendError
-from backends.http import HTTPBackend, is_url, make_http_backend
+from backends.http import HTTPBackend, UnnamedLabelsWarning, is_url, make_http_backend
 from backends.http.client import RateLimiter, RequestSizer, parse_retry_after
 from backends.toy import ToyBackend
 
@@ -359,7 +359,8 @@ def test_unknown_labels_in_keyed_answers_are_errors(images):
 def test_labels_come_from_metadata_a_file_or_the_output_shape(tmp_path):
     meta = {"name": "m", "outputs": [{"name": "scores", "datatype": "FP32", "shape": [-1, 3]}]}
     oip = httpx.MockTransport(lambda r: httpx.Response(200, json=meta))
-    model = HTTPBackend(URL + "/v2/models/m", "oip-v2", transport=oip)
+    with pytest.warns(UnnamedLabelsWarning, match="publishes no label names"):
+        model = HTTPBackend(URL + "/v2/models/m", "oip-v2", transport=oip)
     assert model.labels == ["0", "1", "2"] and model.image_size == (224, 224) and model.max_batch > 10**6
     model.close()
     with pytest.raises(ValueError, match="2 labels given, but oip-v2 server at .* scores 3"):
@@ -402,6 +403,7 @@ def test_the_token_is_sent_but_never_shown(images, monkeypatch):
         with pytest.raises(BackendError) as error:
             model.query(images)
         assert secret not in str(error.value) and "token [token] is not allowed" in str(error.value)
+        assert "the token was refused" in str(error.value)  # given, so it is the one to check
         assert secret not in repr(model) and secret not in str(model.stats())
     finally:
         model.close()

@@ -90,7 +90,7 @@ def test_oip_defaults_to_base64_png_bytes_and_falls_back_to_the_repository_index
     info = codec.discover(fetch)
     assert info.labels is None and info.num_labels is None
     assert [c.url for c in fetch.asked] == ["http://h:1/v2/models", "http://h:1/v2/repository/index",
-                                            "http://h:1/v2/models/m"]
+                                            "http://h:1/v2/models/m", "http://h:1/v2/models/m/config"]
     tensor = codec.encode(images, LABELS).json["inputs"][0]
     assert (tensor["datatype"], tensor["shape"]) == ("BYTES", [3])
     np.testing.assert_array_equal(unpng(tensor["data"][2]), images[2])
@@ -106,7 +106,7 @@ def test_oip_model_url_is_used_as_given():
     fetch = fake_fetch({("GET", "http://h:1/v2/models/m"): {"name": "m"}})
     codec = OipV2Codec("http://h:1/v2/models/m")
     codec.discover(fetch)
-    assert [c.url for c in fetch.asked] == ["http://h:1/v2/models/m"]
+    assert [c.url for c in fetch.asked] == ["http://h:1/v2/models/m", "http://h:1/v2/models/m/config"]  # Triton's
 
 
 @pytest.mark.parametrize("output, match", [

@@ -133,7 +133,7 @@ def test_persistent_faults_stop_after_the_attempts_with_the_url_and_status(image
 REFUSED = {
     "400": (status(400, b'{"error": "bad image"}'), r"answered 400 Bad Request: '{\"error\": \"bad image\"}'"),
     "401": (status(401), r"answered 401 Unauthorized: .*--token-env"),
-    "403": (status(403), r"answered 403 Forbidden: .*token was refused"),
+    "403": (status(403), r"answered 403 Forbidden: .*no token was given; if the server wants one, .*--token-env"),
     "404": (status(404), r"answered 404 Not Found: .*check the URL and --format"),
     "413": (status(413), r"answered 413 Content Too Large: .*--http-max-batch"),
     "invalid JSON": (Fault("body", body=b'{"scores": [[0.1, 0.2'), r"answered 200 with malformed JSON"),

@@ -66,7 +66,7 @@ def through_the_server(format: str, path: str, labels, images, scores, **options
     extra = {} if format in ("bbvp", "oip-v2") else {"labels": labels, "image_size": images.shape[1:3]}
     # One request at a time, so that the model sees one-image formats' requests in order.
     client = HTTPBackend("http://server.test" + path, format, transport=httpx.ASGITransport(app=app), concurrency=1,
-                         **extra)
+                         scores="probabilities", **extra)  # any scores, as they come: what is sent comes back
     try:
         if options.get("uint8"):
             client.codec.datatype = "UINT8"  # as a server whose metadata asks for a UINT8 tensor

@@ -16,7 +16,7 @@ import pytest
 
 kserve = pytest.importorskip("kserve")
 
-from backends.http import HTTPBackend  # noqa: E402
+from backends.http import HTTPBackend, UnnamedLabelsWarning  # noqa: E402
 from backends.toy import ToyBackend  # noqa: E402
 from blackbox_vp import RunConfig, optimize  # noqa: E402
 
@@ -62,7 +62,8 @@ def test_a_run_against_kserve_modelserver_equals_the_local_run_and_is_counted(tm
                 pass
             assert time.monotonic() < deadline, "KServe server not ready within 60 s"
             time.sleep(0.2)
-        model = HTTPBackend(f"{base}/v2/models/toy", "oip-v2", image_size=(64, 64))
+        with pytest.warns(UnnamedLabelsWarning, match="publishes no label names, only 20 scores"):
+            model = HTTPBackend(f"{base}/v2/models/toy", "oip-v2", image_size=(64, 64))
         try:
             # KServe's metadata has no label or size parameters: labels "0".."K-1", the size given here
             assert model.labels == [str(i) for i in range(20)] and model.image_size == (64, 64)

@@ -7,7 +7,7 @@ FastAPI and uvicorn and is imported only by ``bbvp serve``.
 
 from __future__ import annotations
 
-from backends.http.client import FailureHook, HTTPBackend, InsecureTLSWarning, read_token_file
+from backends.http.client import FailureHook, HTTPBackend, InsecureTLSWarning, UnnamedLabelsWarning, read_token_file
 from backends.http.codecs import FORMATS, load_labels
 
 HTTP_OPTIONS = ("format", "labels", "token_env", "token_file", "token_header", "tls_verify", "rate_limit",
@@ -40,5 +40,5 @@ def make_http_backend(url: str, format: str = "bbvp", labels: str | None = None,
                        scores=scores, on_failure=on_failure)
 
 
-__all__ = ["FORMATS", "HTTP_OPTIONS", "FailureHook", "HTTPBackend", "InsecureTLSWarning",
+__all__ = ["FORMATS", "HTTP_OPTIONS", "FailureHook", "HTTPBackend", "InsecureTLSWarning", "UnnamedLabelsWarning",
            "is_url", "load_labels", "make_http_backend", "read_token_file"]

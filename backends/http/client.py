@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import re
 import ssl
 import stat
 import sys
@@ -58,6 +59,10 @@ FailureHook = Callable[[dict[str, Any]], None]
 class InsecureTLSWarning(UserWarning):
     """TLS certificate verification was turned off (``verify=False``)."""
 
+class UnnamedLabelsWarning(UserWarning):
+    """The server publishes no label names and none were given: they are the output positions."""
+
+
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 RETRY_TRANSPORT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 EXCERPT_CHARS = 200
@@ -78,6 +83,15 @@ class RetryableError(BackendError):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+
+
+BATCH_LIMIT = re.compile(r"batch[- _]?size must be <= (\d+)", re.IGNORECASE)  # Triton's 400
+
+
+def batch_limit(error: BackendError) -> int | None:
+    """The images per request a 400 answer says the server takes at most, if it says so."""
+    found = BATCH_LIMIT.search(str(error)) if getattr(error, "status", None) == 400 else None
+    return int(found.group(1)) if found and int(found.group(1)) > 0 else None
 
 
 def _retryable(error: BaseException) -> bool:
@@ -398,6 +412,12 @@ class HTTPBackend(Backend):
         chosen = info.labels or (list(labels) if labels is not None else None)
         if chosen is None and info.num_labels is not None:
             chosen = [str(i) for i in range(info.num_labels)]
+            message = (f"{where} publishes no label names, only {info.num_labels} scores: they are named "
+                       f"'0'..'{info.num_labels - 1}'. No local surrogate can be matched to such labels (the guided "
+                       "search's prior is off, the shadow's adapter starts from zero); pass --labels FILE with the "
+                       "model's label names, in its output order")
+            warnings.warn(message, UnnamedLabelsWarning, stacklevel=3)
+            log.warning(message)
         if chosen is None:
             raise ValueError(f"{where} publishes no label names; pass a labels file (one label per line)"
                              + (" holding the candidate labels" if self.format == "hf-zero-shot" else ""))
@@ -456,10 +476,22 @@ class HTTPBackend(Backend):
         return [parts[start] for start in sorted(parts)]
 
     async def _score(self, chunk: np.ndarray) -> np.ndarray:
-        """Encode ``chunk`` on the encoder thread (in call order), send it, decode and check the scores."""
+        """Encode ``chunk`` on the encoder thread (in call order), send it, decode and check the scores. A
+        request refused for its batch size (Triton's 400 "batch-size must be <= N") lowers the cap to N and
+        goes out again in parts: nothing was scored, so nothing is lost."""
         count = len(chunk)
         call = await asyncio.get_running_loop().run_in_executor(self._encoder, self.codec.encode, chunk, self.labels)
-        payload = await self._request(call, count)
+        try:
+            payload = await self._request(call, count)
+        except BackendError as error:
+            limit = batch_limit(error)
+            if limit is None or limit >= count:
+                raise
+            self.max_batch = self.sizer.cap = min(self.max_batch, limit)
+            self.sizer.limit = min(self.sizer.limit, limit)
+            log.warning("%s takes at most %d images per request: lowered to that, and the %d images go again in "
+                        "parts", call.url, limit, count)
+            return np.concatenate([await self._score(chunk[start : start + limit]) for start in range(0, count, limit)])
         try:
             scores = self._probabilities(self.codec.decode(payload, count, self.labels), call.url)
             return check_scores(scores, count, self.num_labels, source=f"{self.format} server at {call.url}")
@@ -581,9 +613,7 @@ class HTTPBackend(Backend):
         if status == 404 and missing_ok:
             return None
         if not 200 <= status < 300:
-            hint = STATUS_HINTS.get(status, "")
-            if 300 <= status < 400:
-                hint = f"redirects are not followed: use the final URL ({response.headers.get('location', '?')})"
+            hint = self._hint(status, call, count, response)
             error = BackendError(self._mask(f"{call.url} answered {status} {response.reason_phrase}: "
                                             f"{self._excerpt(response)}" + (f"; {hint}" if hint else "")))
             error.status = status
@@ -599,6 +629,19 @@ class HTTPBackend(Backend):
         if count:
             self.sizer.answered(count, seconds)
         return payload
+
+    def _hint(self, status: int, call: Call, count: int, response: httpx.Response) -> str:
+        """What to do about a failed status: the table's hint, unless this request's situation says more."""
+        if 300 <= status < 400:
+            return f"redirects are not followed: use the final URL ({response.headers.get('location', '?')})"
+        if status == 403 and self._token is None:
+            return ("access refused, and no token was given" + (": this metadata path is locked; give the model's own "
+                    "URL (for oip-v2: .../v2/models/MODEL)" if not count else "; if the server wants one, put it in "
+                    "an environment variable named by --token-env, or in a --token-file"))
+        if status == 400 and "InvalidKeyException" in response.text:  # TorchServe's answer to a missing or bad key
+            return ("TorchServe refused the key: it turns token authorization on by default; pass its inference key "
+                    "with --torchserve-key-file key_file.json (or --token-env)")
+        return STATUS_HINTS.get(status, "")
 
     def _excerpt(self, response: httpx.Response) -> str:
         """The start of a body, on one line, with the token masked (a server may echo it)."""

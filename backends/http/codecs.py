@@ -323,8 +323,18 @@ class OipV2Codec(Codec):
         where = f"{self.model_url}: parameters"
         info.labels = _string_list(parameters.get("labels"), f"{where}.labels")
         info.image_size = _size(parameters.get("image_size"), f"{where}.image_size") or info.image_size
-        info.max_batch = _positive_int(parameters.get("max_batch"), f"{where}.max_batch")
+        info.max_batch = (_positive_int(parameters.get("max_batch"), f"{where}.max_batch")
+                          or self._triton_max_batch(fetch))
         return info
+
+    def _triton_max_batch(self, fetch: Fetch) -> int | None:
+        """Triton keeps the batch limit in the model configuration, ``GET {model}/config``: ``max_batch_size``
+        (0: the model takes no batch dimension). Other servers answer 404 there."""
+        config = fetch(Call("GET", f"{self.model_url}/config"))
+        if not isinstance(config, dict):
+            return None
+        limit = config.get("max_batch_size")
+        return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
 
     def encode(self, images: np.ndarray, labels: Sequence[str]) -> Call:
         if self.datatype == "UINT8":
