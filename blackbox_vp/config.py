@@ -75,6 +75,8 @@ class RunConfig:
                                    "(never printed or saved)")
     token_file: str | None = option(None, "file holding the API token of a --backend URL, mode 0600; never printed "
                                     "or saved")
+    torchserve_key_file: str | None = option(None, "TorchServe's key_file.json (token authorization, on by default "
+                                             "since 0.11): its inference key is the token; never printed or saved")
     token_header: str = option("Authorization", "header carrying the token: Authorization gets 'Bearer TOKEN', "
                                "any other header the raw token")
     tls_verify: bool = option(True, "verify the TLS certificate of an https --backend URL; --no-tls-verify turns it "

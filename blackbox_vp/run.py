@@ -65,7 +65,8 @@ HEAD_FOLDS = 5  # cross-validation folds that judge the head stage: the i-th map
 CHUNK = 256  # images per query when a phase scores many; each answered query goes into the checkpoint
 # Settings a resumed run may change, since they do not change what it computes; the others are the run's.
 RESUME_CHANGES = ("quiet", "jsonl", "device", "http_max_batch", "http_concurrency", "http_timeout", "http_attempts",
-                  "rate_limit", "image_rate_limit", "token_env", "token_file", "token_header", "tls_verify")
+                  "rate_limit", "image_rate_limit", "token_env", "token_file", "torchserve_key_file", "token_header",
+                  "tls_verify")
 
 
 @dataclass

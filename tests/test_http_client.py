@@ -372,8 +372,9 @@ def test_labels_come_from_metadata_a_file_or_the_output_shape(tmp_path):
     never = httpx.MockTransport(lambda r: pytest.fail("no request expected"))
     with pytest.raises(ValueError, match="publishes no label names; pass a labels file"):
         HTTPBackend(URL + "/predictions/m", "torchserve", transport=never)
-    with pytest.raises(ValueError, match="must be unique; 'a' appears"):
-        HTTPBackend(URL + "/predictions/m", "torchserve", labels=["a", "b", "a"], transport=never)
+    repeated = HTTPBackend(URL + "/predictions/m", "torchserve", labels=["a", "b", "a"], transport=never)
+    assert repeated.labels == ["a", "b", "a"]  # taken (a keyed answer's 'a' scores the first; see test_http_torchserve)
+    repeated.close()
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(TOY.labels))
     model = make_http_backend(URL + "/models/m", "hf-image-classification", labels=str(labels), http_attempts=2)
@@ -412,6 +413,7 @@ def test_the_token_is_sent_but_never_shown(images, monkeypatch):
         backend(echo, token_env="BBVP_TEST_TOKEN")
 
 
+@pytest.mark.filterwarnings("ignore::backends.http.PartialAnswerWarning")  # one label of six comes back
 def test_rate_limits_space_requests_and_images(images):
     model = HTTPBackend(URL + "/predictions/m", "torchserve", labels=TOY.labels, rate_limit=20,
                         transport=httpx.MockTransport(lambda r: httpx.Response(200, json={TOY.labels[0]: 1.0})))

@@ -90,7 +90,8 @@ def test_the_token_comes_from_one_named_place_only(tmp_path, monkeypatch):
     monkeypatch.setenv(ENV, f"  {SECRET}\n")
     assert sent_header(token_env=ENV) == f"Bearer {SECRET}"
     assert sent_header() is None  # nothing named, nothing sent, whatever the environment holds
-    with pytest.raises(ValueError, match="either in an environment variable .* or in a file .*not both"):
+    with pytest.raises(ValueError, match=r"give the token in one place: an environment variable .*, a file .* or "
+                                         r"TorchServe's key file"):
         sent_header(token_env=ENV, token_file=token_file(tmp_path))
     monkeypatch.setenv(ENV, f"{SECRET}\r\nX-Injected: 1")  # would smuggle a header in
     with pytest.raises(ValueError, match=rf"the token in environment variable {ENV} .* a control") as error:

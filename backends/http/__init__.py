@@ -7,10 +7,11 @@ FastAPI and uvicorn and is imported only by ``bbvp serve``.
 
 from __future__ import annotations
 
-from backends.http.client import FailureHook, HTTPBackend, InsecureTLSWarning, UnnamedLabelsWarning, read_token_file
+from backends.http.client import (FailureHook, HTTPBackend, InsecureTLSWarning, PartialAnswerWarning, UnnamedLabelsWarning,
+                                  read_token_file)
 from backends.http.codecs import FORMATS, load_labels
 
-HTTP_OPTIONS = ("format", "labels", "token_env", "token_file", "token_header", "tls_verify", "rate_limit",
+HTTP_OPTIONS = ("format", "labels", "token_env", "token_file", "torchserve_key_file", "token_header", "tls_verify", "rate_limit",
                 "image_rate_limit", "cost_per_image", "http_max_batch", "http_concurrency", "http_timeout",
                 "http_attempts", "scores")
 """The run options (``RunConfig`` fields) that configure an HTTP backend. ``tls_verify`` is a switch there
@@ -23,7 +24,8 @@ def is_url(name: str) -> bool:
 
 
 def make_http_backend(url: str, format: str = "bbvp", labels: str | None = None, token_env: str | None = None,
-                      token_file: str | None = None, token_header: str = "Authorization",
+                      token_file: str | None = None, torchserve_key_file: str | None = None,
+                      token_header: str = "Authorization",
                       tls_verify: bool | str = True, rate_limit: float | None = None,
                       image_rate_limit: float | None = None, cost_per_image: float = 0.0,
                       http_max_batch: int | None = None, http_concurrency: int = 4, http_timeout: float = 60.0,
@@ -34,11 +36,12 @@ def make_http_backend(url: str, format: str = "bbvp", labels: str | None = None,
     file, ``scores`` the kind of numbers the server answers with (:mod:`backends.http.scores`), ``on_failure``
     gets one event per failed attempt (for the run journal)."""
     return HTTPBackend(url, format, labels=load_labels(labels) if labels else None, token_env=token_env,
-                       token_file=token_file, token_header=token_header, verify=tls_verify, rate_limit=rate_limit,
+                       token_file=token_file, torchserve_key_file=torchserve_key_file, token_header=token_header, verify=tls_verify, rate_limit=rate_limit,
                        image_rate_limit=image_rate_limit, cost_per_image=cost_per_image, max_batch=http_max_batch,
                        concurrency=http_concurrency, timeout=http_timeout, max_attempts=http_attempts,
                        scores=scores, on_failure=on_failure)
 
 
-__all__ = ["FORMATS", "HTTP_OPTIONS", "FailureHook", "HTTPBackend", "InsecureTLSWarning", "UnnamedLabelsWarning",
+__all__ = ["FORMATS", "HTTP_OPTIONS", "FailureHook", "HTTPBackend", "InsecureTLSWarning", "PartialAnswerWarning",
+           "UnnamedLabelsWarning",
            "is_url", "load_labels", "make_http_backend", "read_token_file"]

@@ -74,6 +74,12 @@ class Codec(ABC):
 
     def __init__(self, url: str):
         self.url = url.rstrip("/")
+        self.reported: int | None = None  # labels named in the last keyed answer (the fewest over its rows)
+
+    def filled(self, rows: list[dict[str, float]], labels: Sequence[str]) -> np.ndarray:
+        """Keyed answers' rows over all ``labels`` (:func:`fill_partial`); keeps how many labels they named."""
+        self.reported = min(len(row) for row in rows) if rows else None
+        return np.stack([fill_partial(row, labels) for row in rows])
 
     def discover(self, fetch: Fetch) -> ModelInfo:
         """Ask the server about its model (labels, input size, batch limit) where the protocol can."""
@@ -141,13 +147,15 @@ def fill_partial(reported: dict[str, float], labels: Sequence[str]) -> np.ndarra
 
     Each label left out gets an even share of the mass the reported scores leave (1 - their sum),
     at most the smallest reported score and at least ``PARTIAL_FLOOR``; the row is then
-    renormalized to sum to 1.
+    renormalized to sum to 1. A name that appears at several positions of ``labels`` (the standard
+    ImageNet list has 'crane' and 'maillot' twice) cannot be told apart in a keyed answer: its score
+    goes to its first position, and the later ones are left out.
     """
     if not reported:
         raise CodecError("the answer holds no scores at all")
-    index = {label: i for i, label in enumerate(labels)}
-    if len(index) != len(labels):
-        raise CodecError("the labels are not unique, so scores named by label cannot be placed")
+    index: dict[str, int] = {}
+    for i, label in enumerate(labels):  # a name that repeats (ImageNet's 'crane'): its score goes to the first
+        index.setdefault(label, i)
     row = np.full(len(labels), np.nan)
     for label, score in reported.items():
         if label not in index:
@@ -399,10 +407,11 @@ class KServeV1Codec(Codec):
         predictions = payload.get("predictions") if isinstance(payload, dict) else None
         if not isinstance(predictions, list) or len(predictions) != count:
             raise CodecError(f"expected 'predictions' with {count} entries")
-        rows = [fill_partial(_keyed_scores(p, f"prediction {i}"), labels) if isinstance(p, dict)
-                else dense_scores(p, 1, labels, f"prediction {i}")[0]
-                for i, p in enumerate(predictions)]
-        return np.stack(rows)
+        keyed = {i: _keyed_scores(p, f"prediction {i}") for i, p in enumerate(predictions) if isinstance(p, dict)}
+        self.reported = None  # unless keyed rows come (filled says how many labels they name)
+        filled = dict(zip(keyed, self.filled(list(keyed.values()), labels))) if keyed else {}
+        return np.stack([filled[i] if i in filled else dense_scores(p, 1, labels, f"prediction {i}")[0]
+                         for i, p in enumerate(predictions)])
 
 
 @register("torchserve", "TorchServe: POST /predictions/MODEL, one raw PNG per request, {label: prob} top 5 back "
@@ -425,7 +434,7 @@ class TorchServeCodec(Codec):
     def decode(self, payload: Any, count: int, labels: Sequence[str]) -> np.ndarray:
         if isinstance(payload, list) and len(payload) == 1:  # some handlers wrap the one answer in a list
             payload = payload[0]
-        return fill_partial(_keyed_scores(payload, "the answer"), labels)[None]
+        return self.filled([_keyed_scores(payload, "the answer")], labels)
 
 
 @register("hf-image-classification", "Hugging Face image-classification: one base64 image per request, "
@@ -442,7 +451,7 @@ class HFImageClassificationCodec(Codec):
     def decode(self, payload: Any, count: int, labels: Sequence[str]) -> np.ndarray:
         if isinstance(payload, list) and len(payload) == 1 and isinstance(payload[0], list):
             payload = payload[0]  # batched pipelines nest one list per image
-        return fill_partial(_label_scores(payload, "the answer"), labels)[None]
+        return self.filled([_label_scores(payload, "the answer")], labels)
 
 
 @register("hf-zero-shot", "Hugging Face zero-shot-image-classification: the labels are the candidate labels, "
