@@ -91,6 +91,12 @@ class RunConfig:
     http_timeout: float = option(60.0, "seconds to wait for each answer of a --backend URL (connect: at most 10)")
     http_attempts: int = option(6, "attempts per request to a --backend URL, retries included (connection errors, "
                                 "timeouts, 408, 425, 429, 500, 502, 503, 504)")
+    input_mean: str | None = option(None, "a --backend URL whose model takes FP32 pixels (oip-v2): the per-channel "
+                                    "mean R,G,B on the 0-1 scale it was trained with, e.g. 0.485,0.456,0.406")
+    input_std: str | None = option(None, "with --input-mean: the per-channel standard deviation R,G,B, e.g. "
+                                   "0.229,0.224,0.225")
+    input_layout: str | None = option(None, "FP32 pixels' layout, nchw or nhwc (default: read from the model's input "
+                                      "shape)")
     scores: str = option("auto", "what a --backend URL answers with: probabilities, logits or log-probabilities "
                          "(the last two turned into probabilities by a softmax); 'auto' tells from the first answer "
                          "(a value below 0 or above 1: logits)")

@@ -13,6 +13,7 @@ import pytest
 from backends.base import BackendError
 from backends.http import HTTPBackend, UnnamedLabelsWarning
 from backends.toy import ToyBackend
+from blackbox_vp import RunConfig, optimize
 
 BASE = "http://triton.test"
 MODEL = f"{BASE}/v2/models/m"
@@ -96,3 +97,65 @@ def test_labels_that_are_not_published_nor_given_are_said_loudly_before_any_imag
         model = HTTPBackend(MODEL, "oip-v2", transport=triton(sizes))
     assert model.labels == [str(i) for i in range(6)] and sizes == []
     model.close()
+
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def fp32_triton(model: ToyBackend, received: list[np.ndarray]):
+    """A Triton-like model taking FP32 NCHW pixels normalized by ImageNet's mean and std (logits out)."""
+    (height, width), count = model.image_size, model.num_labels
+    meta = {"name": "m", "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 3, height, width]}],
+            "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, count]}]}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json=meta) if request.url.path == "/v2/models/m" else httpx.Response(404)
+        tensor = json.loads(request.content)["inputs"][0]
+        pixels = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"]).transpose(0, 2, 3, 1)
+        images = np.round((pixels * np.float32(STD) + np.float32(MEAN)) * 255).astype(np.uint8)
+        received.append(images)
+        scores = np.log(model.query(images))
+        return httpx.Response(200, json={"outputs": [{"name": "output", "datatype": "FP32", "shape": list(scores.shape),
+                                                      "data": scores.reshape(-1).tolist()}]})
+
+    return httpx.MockTransport(handle)
+
+
+def fp32_backend(model: ToyBackend, received: list[np.ndarray], **options) -> HTTPBackend:
+    return HTTPBackend(MODEL, "oip-v2", labels=model.labels, transport=fp32_triton(model, received), **options)
+
+
+def test_fp32_input_without_the_models_normalization_is_refused_before_any_image():
+    received: list[np.ndarray] = []
+    with pytest.raises(BackendError, match=r"input 'input' takes FP32 \[-1, 3, 16, 16\], .* --input-mean "
+                                           r"0\.485,0\.456,0\.406 --input-std 0\.229,0\.224,0\.225"):
+        fp32_backend(TOY, received)
+    assert received == []
+    with pytest.raises(ValueError, match="--input-std '0,1,1' must be positive"):
+        fp32_backend(TOY, received, input_mean="0.5,0.5,0.5", input_std="0,1,1")
+    with pytest.raises(ValueError, match="--input-layout 'chw' must be nchw"):
+        fp32_backend(TOY, received, input_mean="0.5,0.5,0.5", input_std="1,1,1", input_layout="chw")
+
+
+def test_fp32_nchw_pixels_reach_the_model_exactly(images):
+    received: list[np.ndarray] = []
+    model = fp32_backend(TOY, received, input_mean=",".join(map(str, MEAN)), input_std=",".join(map(str, STD)))
+    try:
+        assert model.codec.float_input.layout == "nchw" and model.image_size == (16, 16)  # read from the shape
+        np.testing.assert_allclose(model.query(images), TOY.query(images), atol=1e-9)
+    finally:
+        model.close()
+    np.testing.assert_array_equal(np.concatenate(received), images)
+
+
+def test_a_run_over_an_fp32_logits_server_equals_the_local_run():
+    settings = dict(backend="toy", optimizer="guided", data="digits", budget=1200, train=300, test=100, grid=4,
+                    quiet=True, seed=1)
+    expected = optimize(RunConfig(**settings), backend=ToyBackend())
+    model = fp32_backend(ToyBackend(), [], input_mean=",".join(map(str, MEAN)), input_std=",".join(map(str, STD)))
+    try:
+        result = optimize(RunConfig(**settings), backend=model)
+    finally:
+        model.close()
+    assert result.history == expected.history and result.test_accuracy == expected.test_accuracy

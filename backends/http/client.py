@@ -45,7 +45,7 @@ import numpy as np
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from backends.base import Backend, BackendError, check_images, check_scores
-from backends.http.codecs import FORMATS, Call, CodecError, ModelInfo
+from backends.http.codecs import FORMATS, Call, CodecError, FloatInput, ModelInfo, OipV2Codec
 from backends.http.scores import ScoresError, check_kind, detect, to_probabilities
 
 T = TypeVar("T")
@@ -157,6 +157,26 @@ def read_token_file(path: str | Path) -> str:
     if len(text.strip().splitlines()) > 1:
         raise ValueError(f"{where} holds more than one line; put only the token in it")
     return _check_token(text, where)
+
+
+def float_input(mean: str | None, std: str | None, layout: str | None) -> FloatInput:
+    """``--input-mean``, ``--input-std`` ("R,G,B", on the 0-1 scale) and ``--input-layout``, checked."""
+    def channels(text: str | None, option: str) -> tuple[float, float, float] | None:
+        if text is None:
+            return None
+        try:
+            values = tuple(float(part) for part in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != 3 or not all(math.isfinite(value) for value in values):
+            raise ValueError(f"{option} {text!r} must be three numbers R,G,B on the 0-1 scale, e.g. 0.485,0.456,0.406")
+        if option == "--input-std" and not all(value > 0 for value in values):
+            raise ValueError(f"--input-std {text!r} must be positive")
+        return values  # type: ignore[return-value]
+
+    if layout is not None and layout not in ("nchw", "nhwc"):
+        raise ValueError(f"--input-layout {layout!r} must be nchw (channels first) or nhwc")
+    return FloatInput(channels(mean, "--input-mean"), channels(std, "--input-std"), layout)
 
 
 def read_torchserve_key(path: str | Path) -> str:
@@ -328,7 +348,8 @@ class HTTPBackend(Backend):
                  rate_limit: float | None = None, image_rate_limit: float | None = None,
                  cost_per_image: float = 0.0, token_env: str | None = None, token_file: str | Path | None = None,
                  torchserve_key_file: str | Path | None = None, token_header: str = "Authorization",
-                 verify: bool | str | Path = True, scores: str = "auto",
+                 verify: bool | str | Path = True, scores: str = "auto", input_mean: str | None = None,
+                 input_std: str | None = None, input_layout: str | None = None,
                  on_failure: FailureHook | None = None, transport: httpx.AsyncBaseTransport | None = None):
         parts = urlsplit(url)
         if parts.password is not None or "@" in parts.netloc:
@@ -344,6 +365,8 @@ class HTTPBackend(Backend):
         self.url = url.rstrip("/")
         self.format = format
         self.codec = FORMATS.get(format)(self.url)
+        if isinstance(self.codec, OipV2Codec):  # the normalization of a model that takes FP32 pixels
+            self.codec.float_input = float_input(input_mean, input_std, input_layout)
         if check_kind(scores) == "auto":  # the first answer tells, where the format passes on the model's outputs
             scores = None if self.codec.model_outputs else "probabilities"
         self.score_kind = scores

@@ -55,6 +55,21 @@ class ModelInfo:
     max_batch: int | None = None
 
 
+@dataclass
+class FloatInput:
+    """How images become an FP32 tensor for a model that takes one: ``(pixels / 255 - mean) / std`` per
+    channel (RGB), laid out ``nchw`` or ``nhwc``; None where the server's metadata should tell."""
+
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    layout: str | None = None
+
+    def tensor(self, images: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 -> the normalized float32 tensor in ``layout``."""
+        pixels = (images.astype(np.float32) / 255.0 - np.float32(self.mean)) / np.float32(self.std)
+        return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2) if self.layout == "nchw" else pixels)
+
+
 Fetch = Callable[[Call], Any]
 """Sends a metadata request; returns the parsed JSON answer, or None when the server answers 404."""
 
@@ -276,14 +291,14 @@ class BbvpCodec(Codec):
         return dense_scores(payload["scores"], count, labels, "'scores'")
 
 
-@register("oip-v2", "Open Inference Protocol / KServe V2 (KServe, MLServer, Triton): BYTES base64 PNG or UINT8 "
-                    "tensor in, FP32 [N, K] out")
+@register("oip-v2", "Open Inference Protocol / KServe V2 (KServe, MLServer, Triton): BYTES base64 PNG, UINT8 "
+                    "or normalized FP32 tensor in, FP32 [N, K] out")
 class OipV2Codec(Codec):
     """``POST {model}/infer`` with one input tensor; the scores are one output of shape [N, K].
 
     The URL is the model's (``.../v2/models/NAME``) or the server's, which must then list exactly one
-    model. The model metadata picks the input (a UINT8 [-1, H, W, 3] tensor, else base64 PNG in a
-    BYTES tensor) and the output; its ``parameters`` may carry ``labels``, ``image_size`` and
+    model. The model metadata picks the input (a UINT8 [-1, H, W, 3] tensor; an FP32 [-1, 3, H, W] or
+    [-1, H, W, 3] one, normalized by :class:`FloatInput`; else base64 PNG in a BYTES tensor) and the output; its ``parameters`` may carry ``labels``, ``image_size`` and
     ``max_batch`` (``bbvp serve`` sends them, other servers may not).
     """
 
@@ -297,6 +312,7 @@ class OipV2Codec(Codec):
         self.input_name = "image"
         self.datatype = "BYTES"
         self.output_name: str | None = None
+        self.float_input = FloatInput()  # the client's --input-mean, --input-std, --input-layout, for FP32
 
     def discover(self, fetch: Fetch) -> ModelInfo:
         if "/v2/models/" not in urlsplit(self.url).path:
@@ -316,11 +332,13 @@ class OipV2Codec(Codec):
             first = inputs[0]
             self.input_name = first.get("name", self.input_name)
             self.datatype = first.get("datatype", self.datatype)
-            if self.datatype not in ("BYTES", "UINT8"):
+            if self.datatype not in ("BYTES", "UINT8", "FP32"):
                 raise CodecError(f"{self.model_url}: input {self.input_name!r} takes {self.datatype}; "
-                                 "this client sends BYTES (base64 PNG) or UINT8 images")
+                                 "this client sends BYTES (base64 PNG), UINT8 or FP32 images")
             shape = first.get("shape") or []
-            if self.datatype == "UINT8" and len(shape) == 4 and _dims(shape[1:3]):
+            if self.datatype == "FP32":
+                info.image_size = self._float_layout(shape)
+            elif self.datatype == "UINT8" and len(shape) == 4 and _dims(shape[1:3]):
                 info.image_size = (shape[1], shape[2])
         if outputs:
             self.output_name = outputs[0].get("name")
@@ -335,6 +353,26 @@ class OipV2Codec(Codec):
                           or self._triton_max_batch(fetch))
         return info
 
+    def _float_layout(self, shape: list[Any]) -> tuple[int, int] | None:
+        """For an FP32 input: its layout (given, else read from a [-1, 3, H, W] or [-1, H, W, 3] shape) and image
+        size; refused without the model's normalization, which no metadata carries."""
+        given = self.float_input
+        where = f"{self.model_url}: input {self.input_name!r} takes FP32 {shape}"
+        if given.mean is None or given.std is None:
+            raise CodecError(f"{where}, pixels normalized as the model was trained; pass its normalization, e.g. "
+                             "--input-mean 0.485,0.456,0.406 --input-std 0.229,0.224,0.225 for most ImageNet "
+                             "classifiers (check the model's card)")
+        if given.layout is None and len(shape) == 4:
+            given.layout = "nchw" if shape[1] == 3 and shape[3] != 3 else "nhwc" if shape[3] == 3 else None
+        if given.layout is None:
+            raise CodecError(f"{where}, and its layout cannot be read from that shape; pass --input-layout nchw "
+                             "(channels first, as exported PyTorch models take) or nhwc")
+        if len(shape) == 4:
+            height, width = (shape[2], shape[3]) if given.layout == "nchw" else (shape[1], shape[2])
+            if _dims([height, width]):
+                return height, width
+        return None
+
     def _triton_max_batch(self, fetch: Fetch) -> int | None:
         """Triton keeps the batch limit in the model configuration, ``GET {model}/config``: ``max_batch_size``
         (0: the model takes no batch dimension). Other servers answer 404 there."""
@@ -345,7 +383,11 @@ class OipV2Codec(Codec):
         return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
 
     def encode(self, images: np.ndarray, labels: Sequence[str]) -> Call:
-        if self.datatype == "UINT8":
+        if self.datatype == "FP32":
+            pixels = self.float_input.tensor(images)
+            tensor = {"name": self.input_name, "shape": list(pixels.shape), "datatype": "FP32",
+                      "data": pixels.reshape(-1).tolist()}
+        elif self.datatype == "UINT8":
             tensor = {"name": self.input_name, "shape": list(images.shape), "datatype": "UINT8",
                       "data": images.reshape(-1).tolist()}
         else:
