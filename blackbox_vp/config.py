@@ -97,6 +97,8 @@ class RunConfig:
                                    "0.229,0.224,0.225")
     input_layout: str | None = option(None, "FP32 pixels' layout, nchw or nhwc (default: read from the model's input "
                                       "shape)")
+    chat_model: str | None = option(None, "--format openai-chat: the model to ask (default: the one the server lists "
+                                    "at /v1/models)")
     scores: str = option("auto", "what a --backend URL answers with: probabilities, logits or log-probabilities "
                          "(the last two turned into probabilities by a softmax); 'auto' tells from the first answer "
                          "(a value below 0 or above 1: logits)")

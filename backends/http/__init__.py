@@ -13,7 +13,8 @@ from backends.http.codecs import FORMATS, load_labels
 
 HTTP_OPTIONS = ("format", "labels", "token_env", "token_file", "torchserve_key_file", "token_header", "tls_verify", "rate_limit",
                 "image_rate_limit", "cost_per_image", "http_max_batch", "http_concurrency", "http_timeout",
-                "http_attempts", "scores", "input_mean", "input_std", "input_layout")
+                "http_attempts", "scores", "input_mean", "input_std", "input_layout",
+                "chat_model")
 """The run options (``RunConfig`` fields) that configure an HTTP backend. ``tls_verify`` is a switch there
 (``--tls-verify``/``--no-tls-verify``); a CA bundle path is an argument of :func:`make_http_backend` only."""
 
@@ -30,7 +31,7 @@ def make_http_backend(url: str, format: str = "bbvp", labels: str | None = None,
                       image_rate_limit: float | None = None, cost_per_image: float = 0.0,
                       http_max_batch: int | None = None, http_concurrency: int = 4, http_timeout: float = 60.0,
                       http_attempts: int = 6, scores: str = "auto", input_mean: str | None = None,
-                      input_std: str | None = None, input_layout: str | None = None,
+                      input_std: str | None = None, input_layout: str | None = None, chat_model: str | None = None,
                       on_failure: FailureHook | None = None) -> HTTPBackend:
     """An :class:`HTTPBackend` for ``url`` from run options; ``labels`` is a labels file (see ``load_labels``),
     ``token_file`` a file holding the token (mode 0600), ``tls_verify`` True, False (warned) or a CA bundle
@@ -41,7 +42,7 @@ def make_http_backend(url: str, format: str = "bbvp", labels: str | None = None,
                        image_rate_limit=image_rate_limit, cost_per_image=cost_per_image, max_batch=http_max_batch,
                        concurrency=http_concurrency, timeout=http_timeout, max_attempts=http_attempts,
                        scores=scores, input_mean=input_mean, input_std=input_std, input_layout=input_layout,
-                       on_failure=on_failure)
+                       chat_model=chat_model, on_failure=on_failure)
 
 
 __all__ = ["FORMATS", "HTTP_OPTIONS", "FailureHook", "HTTPBackend", "InsecureTLSWarning", "PartialAnswerWarning",

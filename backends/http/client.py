@@ -45,7 +45,7 @@ import numpy as np
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from backends.base import Backend, BackendError, check_images, check_scores
-from backends.http.codecs import FORMATS, Call, CodecError, FloatInput, ModelInfo, OipV2Codec
+from backends.http.codecs import FORMATS, Call, CodecError, FloatInput, ModelInfo, OipV2Codec, OpenAIChatCodec
 from backends.http.scores import ScoresError, check_kind, detect, to_probabilities
 
 T = TypeVar("T")
@@ -349,7 +349,7 @@ class HTTPBackend(Backend):
                  cost_per_image: float = 0.0, token_env: str | None = None, token_file: str | Path | None = None,
                  torchserve_key_file: str | Path | None = None, token_header: str = "Authorization",
                  verify: bool | str | Path = True, scores: str = "auto", input_mean: str | None = None,
-                 input_std: str | None = None, input_layout: str | None = None,
+                 input_std: str | None = None, input_layout: str | None = None, chat_model: str | None = None,
                  on_failure: FailureHook | None = None, transport: httpx.AsyncBaseTransport | None = None):
         parts = urlsplit(url)
         if parts.password is not None or "@" in parts.netloc:
@@ -367,6 +367,8 @@ class HTTPBackend(Backend):
         self.codec = FORMATS.get(format)(self.url)
         if isinstance(self.codec, OipV2Codec):  # the normalization of a model that takes FP32 pixels
             self.codec.float_input = float_input(input_mean, input_std, input_layout)
+        if isinstance(self.codec, OpenAIChatCodec):
+            self.codec.model = chat_model
         if check_kind(scores) == "auto":  # the first answer tells, where the format passes on the model's outputs
             scores = None if self.codec.model_outputs else "probabilities"
         self.score_kind = scores
@@ -473,7 +475,8 @@ class HTTPBackend(Backend):
             log.warning(message)
         if chosen is None:
             raise ValueError(f"{where} publishes no label names; pass a labels file (one label per line)"
-                             + (" holding the candidate labels" if self.format == "hf-zero-shot" else ""))
+                             + (" holding the candidate labels" if self.format in ("hf-zero-shot", "openai-chat")
+                                else ""))
         if info.num_labels is not None and len(chosen) != info.num_labels:
             raise ValueError(f"{len(chosen)} labels given, but {where} scores {info.num_labels}")
         if self.codec.keyed and len(set(chosen)) != len(chosen):

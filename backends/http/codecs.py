@@ -519,6 +519,77 @@ class HFZeroShotCodec(Codec):
         return fill_partial(scores, labels)[None]
 
 
+CHAT_QUESTION = ("Which one of these is shown in the image: {classes}? Answer with exactly one of them, "
+                 "nothing else.")
+CHAT_TOP_LOGPROBS = 20  # the most that OpenAI's API returns; other servers take it as asked
+
+
+@register("openai-chat", "a chat VLM as a zero-shot classifier (OpenAI-compatible /v1/chat/completions: vLLM, "
+                         "Ollama, hosted APIs): the labels are the class names asked for; top_logprobs back")
+class OpenAIChatCodec(Codec):
+    """``POST {base}/v1/chat/completions`` with the image as a data URL and :data:`CHAT_QUESTION`, asking for
+    one token and its ``top_logprobs``. A class scores the probability of the answer tokens that begin its name
+    (case and spaces aside) and begin no other class's; classes no token names share what is left
+    (:func:`fill_partial`); an answer naming no class scores every class alike (the model did not know).
+
+    The URL is the server's (``http://host:8000``, ``.../v1``) or the endpoint itself; ``model`` (``--chat-model``)
+    names the model, else the one model that ``GET {base}/v1/models`` lists. Class names should differ in their
+    first word, since the answer is read from its first token.
+    """
+
+    batched = False
+    keyed = True
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        path = urlsplit(self.url).path
+        base = self.url[: -len("/chat/completions")] if path.endswith("/chat/completions") else self.url
+        self.base = base if base.endswith("/v1") else f"{base}/v1"
+        self.model: str | None = None
+
+    def discover(self, fetch: Fetch) -> ModelInfo:
+        if self.model is None:
+            where = f"{self.base}/models"
+            listing = fetch(Call("GET", where))
+            models = listing.get("data") if isinstance(listing, dict) else None
+            names = [entry.get("id") for entry in models if isinstance(entry, dict)] if isinstance(models, list) else []
+            if len(names) != 1 or not isinstance(names[0], str):
+                raise CodecError(f"{where} lists {len(names)} models ({', '.join(map(str, names[:5])) or 'none'}); "
+                                 "name the one to ask with --chat-model")
+            self.model = names[0]
+        return ModelInfo()
+
+    def encode(self, images: np.ndarray, labels: Sequence[str]) -> Call:
+        question = CHAT_QUESTION.format(classes=", ".join(labels))
+        content = [{"type": "text", "text": question},
+                   {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png_base64(images[0])}"}}]
+        return Call("POST", f"{self.base}/chat/completions",
+                    json={"model": self.model, "messages": [{"role": "user", "content": content}], "max_tokens": 1,
+                          "temperature": 0, "logprobs": True, "top_logprobs": CHAT_TOP_LOGPROBS})
+
+    def decode(self, payload: Any, count: int, labels: Sequence[str]) -> np.ndarray:
+        try:
+            first = payload["choices"][0]["logprobs"]["content"][0]
+            candidates = first.get("top_logprobs") or [first]
+        except (KeyError, IndexError, TypeError):
+            raise CodecError("the answer has no choices[0].logprobs.content[0] (ask a server that returns "
+                             "logprobs; vLLM, Ollama and OpenAI do)") from None
+        names = [label.strip().lower() for label in labels]
+        reported: dict[str, float] = {}
+        for candidate in candidates:
+            if not isinstance(candidate, dict) or not isinstance(candidate.get("token"), str):
+                raise CodecError(f"a top_logprobs entry is not {{'token', 'logprob'}}: {candidate!r}")
+            token = candidate["token"].strip().lower()
+            matching = [i for i, name in enumerate(names) if token and name.startswith(token)]
+            logprob = candidate.get("logprob")
+            if len(matching) == 1 and isinstance(logprob, int | float) and not isinstance(logprob, bool):
+                label = labels[matching[0]]
+                reported[label] = reported.get(label, 0.0) + float(np.exp(min(logprob, 0.0)))
+        if not reported:  # no token names a class: no information about this image
+            return np.full((1, len(labels)), 1.0 / len(labels))
+        return fill_partial(reported, labels)[None]  # partial by nature (20 tokens at most): not warned about
+
+
 # --- label files --------------------------------------------------------------------------------
 
 def load_labels(path: str | Path) -> list[str]:
