@@ -65,3 +65,15 @@ def test_surrogate_prior_points_downhill():
         return float(cross_entropy(probabilities, torch.from_numpy(data.labels)).mean())
 
     assert loss(theta + 0.05 * direction) < loss(theta) < loss(theta - 0.05 * direction)
+
+
+def test_a_backend_with_1000_unnamed_labels_is_said_to_turn_the_automatic_prior_off():
+    """Issue 20: without --labels an OIP v2 server's labels are '0'..'999', and --surrogate auto turned off silently."""
+    from blackbox_vp import RunConfig
+    from blackbox_vp.run_setup import surrogate_prior
+
+    config = RunConfig(backend="http://model.test", optimizer="guided")
+    with pytest.warns(UserWarning, match="scores 1000 labels but not by ImageNet's names, so the search goes without "
+                                         "the surrogate's prior .* pass --labels"):
+        assert surrogate_prior(config, None, None, None, [str(i) for i in range(1000)]) is None
+    assert surrogate_prior(config, None, None, None, ["cat", "dog"]) is None  # another task's labels: nothing to say
