@@ -3,6 +3,7 @@
     from blackbox_vp import RunConfig, optimize, resume
     result = optimize(RunConfig(backend="reference", data="digits", budget=5000, out="runs/x"))
     result = resume("runs/x")  # after a crash or Ctrl-C
+    classes, probabilities = load_classifier("runs/x/prompt.json").predict(images, backend)  # use it
 
 Names are imported on first use, so ``import blackbox_vp.registry`` stays light (the backends
 package uses it without pulling in the run loop).
@@ -12,7 +13,7 @@ from importlib import import_module
 
 __version__ = "0.1.0"
 _EXPORTS = {"RunConfig": "blackbox_vp.config", "RunResult": "blackbox_vp.run", "RunInterrupted": "blackbox_vp.run",
-            "optimize": "blackbox_vp.run", "resume": "blackbox_vp.run"}
+            "optimize": "blackbox_vp.run", "resume": "blackbox_vp.run", "load_classifier": "blackbox_vp.classifier"}
 __all__ = list(_EXPORTS)
 
 

@@ -70,11 +70,20 @@ def build_parser(settings: dict | None = None) -> argparse.ArgumentParser:
     evaluate.add_argument("--prompt", required=True, type=Path, help="prompt.json written by `bbvp optimize`")
     add_fields(evaluate, ("backend", "data", "train", "val", "test", "seed", "device") + HTTP_OPTIONS)
 
-    predict = sub.add_parser("predict", help="print a backend's top labels for image files",
-                             formatter_class=formatter)
-    predict.add_argument("images", nargs="+", type=Path, help="image files (png, jpg, ...)")
-    predict.add_argument("--backend", default="reference", help="registered backend name")
-    predict.add_argument("--top", type=int, default=5, help="how many labels to print per image")
+    predict = sub.add_parser("predict", help="classify images with a learned prompt (--prompt), or print a "
+                             "backend's own top labels", formatter_class=formatter)
+    predict.add_argument("images", nargs="+", type=Path, help="image files (png, jpg, ...) and folders of them")
+    predict.add_argument("--prompt", type=Path, help="prompt.json of a `bbvp optimize` run: print your classes, "
+                         "the prompt applied and its output mapping (default: the backend's own labels)")
+    predict.add_argument("--backend", default=None, help="backend name or URL (default: the one recorded in "
+                         "--prompt, else reference)")
+    predict.add_argument("--top", type=int, default=None, help="classes (labels) printed per image (default: 1 "
+                         "with --prompt, else 5)")
+    predict.add_argument("--budget", type=int, default=None, help="most images sent to the backend; the images "
+                         "beyond it are not classified (default: no limit)")
+    predict.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    predict.add_argument("--csv", action="store_true", help="CSV on stdout: image, class, probability (rank 1..top)")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.add_argument("--device", default="cpu", help="torch device of a local backend")
     add_fields(predict, HTTP_OPTIONS)
 
@@ -217,25 +226,71 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+PREDICT_BATCH = 64  # image files read and sent as one query by `bbvp predict`
+
+
+def show(path: Path, ranked: list[tuple[str, float]], args: argparse.Namespace, writer) -> None:
+    """One image's classes (or labels) and probabilities: a line, a JSON object, or CSV rows."""
+    if args.json:
+        print(json.dumps({"image": str(path), "classes": [{"class": c, "probability": p} for c, p in ranked]}))
+    elif writer is not None:
+        writer.writerows([str(path), rank + 1, c, f"{p:.6f}"] for rank, (c, p) in enumerate(ranked))
+    else:
+        print(f"{path}: " + ", ".join(f"{c} {p:.4f}" for c, p in ranked))
+
+
 def run_predict(args: argparse.Namespace) -> int:
+    """`bbvp predict`: the run's classes through --prompt, else the backend's labels; 1 if some file was unreadable."""
+    import csv
+
     import numpy as np
-    from PIL import Image
+    from tqdm import tqdm
 
-    from backends import make_backend
+    from backends import CountingBackend, make_backend
+    from blackbox_vp.classifier import image_files, load_classifier, read_image
 
-    backend = make_backend(args.backend, device=args.device, **{name: getattr(args, name) for name in HTTP_OPTIONS})
-    height, width = backend.image_size
-    for path in args.images:
-        try:
-            with Image.open(path) as image:
-                pixels = np.asarray(image.convert("RGB").resize((width, height), Image.BILINEAR))
-        except OSError as error:
-            raise ValueError(f"cannot read image {path}: {error}") from error
-        scores = backend.query(pixels[None])[0]
-        print(path)
-        for index in np.argsort(-scores)[: args.top]:
-            print(f"  {scores[index]:.4f}  {backend.labels[index]}")
-    return 0
+    if args.json and args.csv:
+        raise ValueError("--json and --csv: choose one output format")
+    classifier = load_classifier(args.prompt) if args.prompt else None
+    name = args.backend or (classifier.metadata.get("backend") if classifier else None) or "reference"
+    top = args.top or (1 if classifier else 5)
+    backend = make_backend(name, device=args.device, **{option: getattr(args, option) for option in HTTP_OPTIONS})
+    counted = CountingBackend(backend, budget=args.budget)
+    size = tuple(classifier.prompt.inner_size) if classifier else tuple(backend.image_size)
+    names = classifier.classes if classifier else list(backend.labels)
+    writer = csv.writer(sys.stdout) if args.csv else None
+    if writer:
+        writer.writerow(["image", "rank", "class", "probability"])
+    files, unreadable, beyond = list(image_files(args.images)), 0, 0
+    if not files:
+        raise ValueError(f"no image files in {', '.join(map(str, args.images))} (suffixes: png, jpg, jpeg, ...)")
+    progress = tqdm(total=len(files), unit="img", disable=args.quiet or len(files) < 2 * PREDICT_BATCH, file=sys.stderr)
+    try:
+        for start in range(0, len(files), PREDICT_BATCH):  # one query per batch of files read
+            read, pixels = [], []
+            for path in files[start : start + PREDICT_BATCH]:
+                try:
+                    pixels.append(read_image(path, size))
+                    read.append(path)
+                except ValueError as error:
+                    print(f"bbvp predict: {error}; going on with the others", file=sys.stderr)
+                    unreadable += 1
+            allowed = len(read) if counted.remaining is None else min(len(read), counted.remaining)
+            beyond += len(read) - allowed
+            if allowed:
+                batch = np.stack(pixels[:allowed])
+                scores = classifier.probabilities(batch, counted) if classifier else counted.query(batch)
+                for path, row in zip(read, scores):
+                    show(path, [(names[i], float(row[i])) for i in np.argsort(-row)[:top]], args, writer)
+            progress.update(len(files[start : start + PREDICT_BATCH]))
+    finally:
+        progress.close()
+        backend.close()
+    if beyond:
+        print(f"bbvp predict: --budget {args.budget} reached; {beyond} images were not sent", file=sys.stderr)
+    print(f"bbvp predict: {len(files) - unreadable - beyond} images classified, {counted.images_sent} sent to {name}"
+          + (f", {unreadable} unreadable" if unreadable else ""), file=sys.stderr)
+    return 1 if unreadable else 0
 
 
 def run_serve(args: argparse.Namespace) -> int:

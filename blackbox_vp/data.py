@@ -62,7 +62,7 @@ class Splits:
 TASKS: Registry[Dataset] = Registry("data set")
 
 
-def _resize(images: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
+def resize_images(images: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
     """Resize uint8 (N, h, w, 3) images to ``size`` = (height, width) with PIL."""
     if images.shape[1:3] == tuple(size):
         return images
@@ -82,7 +82,7 @@ def load_digits(size: tuple[int, int], seed: int = 0) -> Dataset:
     digits = sklearn_digits()
     grey = (digits.images * (255 / 16)).round().astype(np.uint8)
     rgb = np.repeat(grey[..., None], 3, axis=-1)
-    return Dataset("digits", _resize(rgb, size, Image.NEAREST), digits.target.astype(np.int64),
+    return Dataset("digits", resize_images(rgb, size, Image.NEAREST), digits.target.astype(np.int64),
                    [str(d) for d in range(10)])
 
 
@@ -98,7 +98,7 @@ def load_squares(size: tuple[int, int], seed: int = 0, count: int = 1800) -> Dat
             row, col = divmod(int(cell), 6)
             canvas[i, row * 6 + 1 : row * 6 + 5, col * 6 + 1 : col * 6 + 5] = 255
     rgb = np.repeat(canvas[..., None], 3, axis=-1)
-    return Dataset("squares", _resize(rgb, size, Image.NEAREST), labels.astype(np.int64),
+    return Dataset("squares", resize_images(rgb, size, Image.NEAREST), labels.astype(np.int64),
                    [str(k) for k in range(1, 11)])
 
 
@@ -135,7 +135,7 @@ def load_edges(size: tuple[int, int], seed: int = 0, count: int = 1800) -> Datas
         edge = {"top": (slice(0, 2), along), "bottom": (slice(38, 40), along),
                 "left": (along, slice(0, 2)), "right": (along, slice(38, 40))}[EDGES[label]]
         canvas[i][edge] = colour
-    return Dataset("edges", _resize(canvas, size, Image.NEAREST), labels.astype(np.int64), list(EDGES))
+    return Dataset("edges", resize_images(canvas, size, Image.NEAREST), labels.astype(np.int64), list(EDGES))
 
 
 # What load_folder converts, by kind: the keys of Dataset.conversions.
@@ -156,7 +156,7 @@ class _Refused(ValueError):
     """An image that load_folder will not read; the message says why, the caller adds the file."""
 
 
-def _read_rgb(path: Path, size: tuple[int, int], max_pixels: int, counts: Counter[str]) -> np.ndarray:
+def read_rgb(path: Path, size: tuple[int, int], max_pixels: int, counts: Counter[str]) -> np.ndarray:
     """The image at ``path`` as 8-bit RGB resized to ``size``; counts its conversions; raises for unreadable files."""
     if path.stat().st_size == 0:
         raise _Refused("the file is empty (0 bytes)")
@@ -248,7 +248,7 @@ def load_folder(root: str | Path, size: tuple[int, int], max_pixels: int = MAX_P
                         class_dir.name, root)
         for path in files:
             try:
-                images.append(_read_rgb(path, size, max_pixels, counts))
+                images.append(read_rgb(path, size, max_pixels, counts))
             except _Refused as error:
                 raise ValueError(f"cannot use image {path}: {error}. Remove or replace the file.") from None
             except Exception as error:  # Pillow raises many types for damaged files; any of them names the file
