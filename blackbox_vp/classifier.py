@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from backends import Backend
+from backends import Backend, BackendWrapper
+from backends.base import check_images
 from blackbox_vp.data import IMAGE_SUFFIXES, MAX_PIXELS, read_rgb, resize_images
 from blackbox_vp.mappings import OutputMapping
 from blackbox_vp.prompt_file import load_prompt
@@ -61,6 +62,24 @@ class PromptedClassifier:
             raise ValueError(f"images must be (N, H, W, 3) uint8 RGB, got shape {images.shape}")
         size = tuple(self.prompt.inner_size)
         return images if tuple(images.shape[1:3]) == size else resize_images(images, size, Image.BILINEAR)
+
+
+class PromptedBackend(BackendWrapper):
+    """The adapted classifier as a backend (what ``bbvp serve --prompt`` serves): images at the prompt's inner
+    size in, probabilities over *your* classes out; each query is prompted and sent to ``upstream``."""
+
+    def __init__(self, classifier: PromptedClassifier, upstream: Backend):
+        super().__init__(upstream)
+        self.classifier = classifier
+        self.labels = list(classifier.classes)
+        self.image_size = tuple(classifier.prompt.inner_size)
+        self.max_batch = CHUNK
+
+    def query(self, images: np.ndarray) -> np.ndarray:
+        return self.classifier.probabilities(check_images(images), self.inner)
+
+    def _query_batch(self, images: np.ndarray) -> np.ndarray:
+        return self.query(images)
 
 
 def load_classifier(path: str | Path) -> PromptedClassifier:

@@ -89,7 +89,10 @@ def build_parser(settings: dict | None = None) -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve a local backend over HTTP (bbvp, Open Inference Protocol V2 and "
                            "Hugging Face shapes)", formatter_class=formatter)
-    serve.add_argument("--backend", default="reference", help="registered backend to serve (`bbvp list backends`)")
+    serve.add_argument("--backend", default="reference", help="backend to serve: a registered name (`bbvp list "
+                       "backends`), or with --prompt also a URL (the upstream the adapted classifier sends to)")
+    serve.add_argument("--prompt", default=None, help="prompt.json of a `bbvp optimize` run: serve the adapted "
+                       "classifier (your classes as labels, the prompt applied, each request sent to --backend)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback exposes "
                        "the model without authentication")
     serve.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one (printed at start)")
@@ -99,6 +102,7 @@ def build_parser(settings: dict | None = None) -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", type=int, default=None, help="most images per request (default: the backend's)")
     serve.add_argument("--max-pixels", type=int, default=4096 * 4096,
                        help="most pixels per image, read from its header before decoding (decompression bombs)")
+    add_fields(serve.add_argument_group("a --backend URL (upstream of --prompt)"), HTTP_OPTIONS)
     faults = serve.add_argument_group("fault injection, for tests and demos (inference requests only)")
     faults.add_argument("--latency", type=float, default=0.0, help="seconds added to every inference request")
     faults.add_argument("--latency-per-image", type=float, default=0.0, help="seconds added per image in a request")

@@ -6,14 +6,21 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
 
+import httpx
 import numpy as np
 import pytest
+from loopback import running
 from PIL import Image
 
 from backends import CountingBackend
+from backends.http import HTTPBackend
+from backends.http.codecs import png_base64
+from backends.http.server import create_app
 from backends.toy import ToyBackend
 from blackbox_vp import RunConfig, load_classifier, optimize
+from blackbox_vp.classifier import PromptedBackend
 from blackbox_vp.cli import main
 from blackbox_vp.data import load_task, split
 from blackbox_vp.run_setup import split_sizes
@@ -73,3 +80,30 @@ def test_unreadable_files_are_named_and_skipped_and_the_budget_caps_what_is_sent
 
 def classifier_path(folder):
     return folder.parent / "run" / "prompt.json"
+
+
+def test_serve_prompt_in_front_of_an_upstream_server_gives_the_runs_classes(learned):
+    """`bbvp serve --prompt` before `bbvp serve --backend toy`: the project's client and plain curl get the run's
+    classes; /metrics counts the images sent upstream; an upstream that is down is a 502 with its reason."""
+    result, classifier, test, _ = learned
+    with running(create_app(ToyBackend(), "toy")) as upstream_url:
+        upstream = HTTPBackend(upstream_url, "bbvp")
+        with running(create_app(PromptedBackend(classifier, upstream), "prompted")) as url:
+            client = HTTPBackend(url, "bbvp")
+            try:
+                assert client.labels == test.classes and client.image_size == tuple(classifier.prompt.inner_size)
+                predicted = client.query(test.images).argmax(axis=1)
+            finally:
+                client.close()
+            assert float(np.mean(predicted == test.labels)) == result.test_accuracy
+            body = json.dumps({"inputs": png_base64(test.images[0])})
+            answer = subprocess.run(["curl", "-s", "-X", "POST", "-H", "Content-Type: application/json", "-d", body,
+                                     f"{url}/hf/models/prompted"], capture_output=True, text=True, check=True).stdout
+            assert json.loads(answer)[0]["label"] == test.classes[predicted[0]]
+            metrics = httpx.get(f"{url}/metrics").text
+            assert f"bbvp_images_total {len(test) + 1}" in metrics
+            assert f"bbvp_upstream_images_total {len(test) + 1}" in metrics and "# TYPE bbvp_upstream_retries_total" in metrics
+    with running(create_app(PromptedBackend(classifier, upstream), "prompted")) as url:  # the upstream is gone now
+        failed = httpx.post(f"{url}/bbvp/v1/predict", json={"images": [png_base64(test.images[0])]}, timeout=60)
+        upstream.close()
+    assert failed.status_code == 502 and "the upstream model failed: no answer from" in failed.json()["error"]

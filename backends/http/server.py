@@ -43,7 +43,7 @@ from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backends.base import Backend
+from backends.base import Backend, BackendError
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
 HF_DEFAULT_TOP_K = 5
@@ -120,6 +120,7 @@ class _State:
         self.images = 0
         self.injected: Counter[str] = Counter()
         self.refused = 0
+        self.upstream_failures = 0  # requests whose model, itself a remote backend, failed (502 or 503)
         self.lock = threading.Lock()  # counters, held briefly (also on the event loop)
         self.model_lock = threading.Lock()  # one backend query at a time, in the threadpool
 
@@ -160,7 +161,7 @@ class _State:
         with self.lock:
             return {"model": self.name, "requests": self.requests, "images": self.images,
                     "inference_requests": self.inference_requests, "faults": dict(self.injected),
-                    "refused": self.refused}
+                    "refused": self.refused, "upstream_failures": self.upstream_failures}
 
 
 def decode_image(data: bytes, index: int, size: tuple[int, int], max_pixels: int) -> np.ndarray:
@@ -241,6 +242,15 @@ def create_app(backend: Backend, name: str = "model", limits: Limits | None = No
         return JSONResponse({"error": f"{error.detail}: {request.method} {request.url.path}"},
                             status_code=error.status_code, headers=getattr(error, "headers", None))
 
+    @app.exception_handler(BackendError)
+    async def upstream_error(request: Request, error: BackendError) -> JSONResponse:
+        """The model is itself a remote backend (``bbvp serve --prompt`` in front of a URL) and it failed: 503
+        where the upstream was unavailable or rate limited (retrying later may work), else 502, with its reason."""
+        with state.lock:
+            state.upstream_failures += 1
+        status = 503 if getattr(error, "status", None) in (429, 503) else 502
+        return JSONResponse({"error": f"the upstream model failed: {error}"}, status_code=status)
+
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> JSONResponse:
         """A fault of the server or its model: logged here with its traceback, answered without it."""
@@ -305,6 +315,24 @@ def create_app(backend: Backend, name: str = "model", limits: Limits | None = No
     @app.get("/stats")
     async def stats() -> dict:
         return state.stats()
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """The counters in Prometheus' text format, with the upstream's where the model is a remote backend."""
+        counted = state.stats()
+        lines = [metric("bbvp_requests_total", "inference requests answered", counted["requests"]),
+                 metric("bbvp_images_total", "images scored", counted["images"]),
+                 metric("bbvp_refused_total", "requests refused (bad input, limits)", counted["refused"]),
+                 metric("bbvp_upstream_failures_total", "requests whose upstream model failed",
+                        counted["upstream_failures"])]
+        upstream = getattr(getattr(backend, "unwrap", lambda: backend)(), "stats", None)
+        if callable(upstream):
+            sent = upstream()
+            lines += [metric("bbvp_upstream_requests_total", "HTTP requests sent upstream", sent["requests"]),
+                      metric("bbvp_upstream_images_total", "images answered upstream", sent["images"]),
+                      metric("bbvp_upstream_retries_total", "retried upstream requests", sent["retries"]),
+                      metric("bbvp_upstream_cost_total", "cost of the images answered upstream", sent["cost"])]
+        return Response("".join(lines), media_type="text/plain; version=0.0.4")
 
     # --- bbvp ---
 
@@ -416,6 +444,11 @@ def create_app(backend: Backend, name: str = "model", limits: Limits | None = No
     return app
 
 
+def metric(name: str, help: str, value: float) -> str:
+    """One counter in Prometheus' text exposition format."""
+    return f"# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (port 0: a free one); connections queue until uvicorn serves."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -448,12 +481,15 @@ def serve(backend: Backend, host: str = "127.0.0.1", port: int = 8000, *, name: 
 
 
 def serve_command(backend: str = "reference", host: str = "127.0.0.1", port: int = 8000, *, name: str | None = None,
-                  device: str = "cpu", max_body_mb: float = 64.0, max_batch: int | None = None,
+                  prompt: str | None = None, device: str = "cpu", max_body_mb: float = 64.0, max_batch: int | None = None,
                   max_pixels: int = 4096 * 4096, latency: float = 0.0, latency_per_image: float = 0.0,
                   failure_rate: float = 0.0, failure_codes: str = "503", rate_limit_every: int = 0,
-                  retry_after: int = 1, truncate_rate: float = 0.0, fault_seed: int = 0) -> int:
-    """`bbvp serve`: build the registered backend ``backend`` and serve it; ``failure_codes`` is "503,500"."""
+                  retry_after: int = 1, truncate_rate: float = 0.0, fault_seed: int = 0, **http_options: Any) -> int:
+    """`bbvp serve`: build the backend ``backend`` (a name, or a URL with ``http_options``) and serve it; with
+    ``prompt`` (a prompt.json), serve the adapted classifier in front of it instead; ``failure_codes`` is
+    "503,500"."""
     from backends import make_backend
+    from blackbox_vp.classifier import PromptedBackend, load_classifier
 
     try:
         codes = tuple(int(code) for code in failure_codes.split(","))
@@ -463,9 +499,13 @@ def serve_command(backend: str = "reference", host: str = "127.0.0.1", port: int
     faults = Faults(latency=latency, latency_per_image=latency_per_image, failure_rate=failure_rate,
                     failure_codes=codes, rate_limit_every=rate_limit_every, retry_after=retry_after,
                     truncate_rate=truncate_rate, seed=fault_seed)
-    model = make_backend(backend, device=device)
+    classifier = load_classifier(prompt) if prompt else None
+    model = make_backend(backend, device=device, **http_options)
+    if classifier is not None:
+        model = PromptedBackend(classifier, model)
+    default_name = "prompted" if classifier else backend if MODEL_NAME.match(backend) else "model"
     try:
-        serve(model, host, port, name=name or backend, limits=limits, faults=faults)
+        serve(model, host, port, name=name or default_name, limits=limits, faults=faults)
     finally:
         model.close()
     return 0
