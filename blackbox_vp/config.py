@@ -99,6 +99,11 @@ class RunConfig:
                                       "shape)")
     chat_model: str | None = option(None, "--format openai-chat: the model to ask (default: the one the server lists "
                                     "at /v1/models)")
+    top_k_only: int | None = option(None, "keep only each answer's K most probable labels (the rest share what they "
+                                    "leave), as an API that reports its top K: to plan with such an API")
+    label_only: bool = option(False, "keep only each answer's top label, as an API that reports nothing else")
+    cache: bool = option(True, "answer an image the run already sent (same prompt, same image) from memory instead of "
+                         "sending it again; --no-cache sends every image asked for")
     scores: str = option("auto", "what a --backend URL answers with: probabilities, logits or log-probabilities "
                          "(the last two turned into probabilities by a softmax); 'auto' tells from the first answer "
                          "(a value below 0 or above 1: logits)")
@@ -114,7 +119,7 @@ class RunConfig:
     def check(self) -> None:
         """Refuse values out of range before anything runs, naming the option and what it takes."""
         minimums = {"budget": 1, "batch_size": 1, "grid": 1, "dct_k": 1, "subspace_dim": 1, "width": 1, "patch": 1,
-                    "mapping_images": 1, "validations": 1, "rounds": 1, "epochs": 1, "correction_images": 0,
+                    "mapping_images": 1, "validations": 1, "rounds": 1, "epochs": 1, "correction_images": 0, "top_k_only": 1,
                     "train": 1, "val": 1, "test": 0,
                     "http_max_batch": 1, "http_concurrency": 1, "http_attempts": 1}
         for name, low in minimums.items():
@@ -123,6 +128,12 @@ class RunConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
         if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"--jpeg-quality must be between 1 and 100 (leave it out for no JPEG), got {self.jpeg_quality}")
+        if self.top_k_only is not None and self.label_only:
+            raise ValueError("--top-k-only and --label-only: choose one (--label-only is --top-k-only 1 without "
+                             "the probability)")
+        if self.optimizer == "whitebox" and (self.top_k_only is not None or self.label_only):
+            raise ValueError("--optimizer whitebox takes gradients through the whole local model, so --top-k-only "
+                             "and --label-only do not apply to it; use them with the shadow method or a search")
         for name in ("rate_limit", "image_rate_limit", "http_timeout"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")

@@ -38,7 +38,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from backends import Backend, CountingBackend, make_backend
+from backends import (Backend, BackendWrapper, CachingBackend, CountingBackend, LabelOnlyBackend, TopKBackend,
+                      make_backend)
 from backends.http import HTTP_OPTIONS, is_url
 from blackbox_vp.checkpoint import load_checkpoint, save_checkpoint
 from blackbox_vp.config import RunConfig, read_config, write_config
@@ -66,7 +67,7 @@ CHUNK = 256  # images per query when a phase scores many; each answered query go
 # Settings a resumed run may change, since they do not change what it computes; the others are the run's.
 RESUME_CHANGES = ("quiet", "jsonl", "device", "http_max_batch", "http_concurrency", "http_timeout", "http_attempts",
                   "rate_limit", "image_rate_limit", "token_env", "token_file", "torchserve_key_file", "token_header",
-                  "tls_verify")
+                  "tls_verify", "cache")
 
 
 @dataclass
@@ -100,6 +101,7 @@ class RunResult:
     kept: dict | None = None  # {"prompt": "searched" or "initial", "why": ...}
     theta: np.ndarray | None = field(default=None, repr=False)
     backend_stats: dict | None = None  # an HTTP backend's requests, retries, images answered and cost
+    cache: dict | None = None  # {"hits", "misses"}: images answered from memory, and sent, this session (--cache)
 
     def summary(self) -> dict:
         """The JSON-serializable part (everything but the prompt parameters)."""
@@ -535,7 +537,15 @@ class Run:
             seeds=seeds, versions=versions(), machine=machine(config.device), config=config.to_dict(),
             history=selection.history, budget_plan=state.budget_plan, adjustments=dict(state.adjustments),
             kept=state.kept, theta=selection.best_theta,
-            backend_stats=self.journaled.unwrap().stats() if self.reports_retries else None)
+            backend_stats=self.journaled.unwrap().stats() if self.reports_retries else None,
+            cache=self.cache_counts())
+
+    def cache_counts(self) -> dict | None:
+        """The cache's hits and misses in this session (it starts empty after a resume), if the run has one."""
+        backend = self.journaled.inner
+        while isinstance(backend, BackendWrapper) and not isinstance(backend, CachingBackend):
+            backend = backend.inner
+        return {"hits": backend.hits, "misses": backend.misses} if isinstance(backend, CachingBackend) else None
 
 
 def now() -> str:
@@ -601,12 +611,25 @@ def _execute(config: RunConfig, backend: Backend | None, resuming: bool, changed
     http_options = {name: getattr(config, name) for name in HTTP_OPTIONS}
     if failures is not None:
         http_options["on_failure"] = failures
-    model = backend or make_backend(config.backend, device=config.device, **http_options)
+    model = backend or answers_as_configured(make_backend(config.backend, device=config.device, **http_options),
+                                             config)
     try:
         return _build_and_run(config, model, failures, resuming, changed or {})
     finally:
         if backend is None:
             model.close()  # an HTTP backend's connections and event loop thread, also when a check failed
+
+
+def answers_as_configured(model: Backend, config: RunConfig) -> Backend:
+    """The backend built from the configuration, in its wrappers: a partial API simulated (``--top-k-only``,
+    ``--label-only``), then the cache (``--cache``), below the budget's counter and the journal, so that the
+    budget and a resume count every image asked for while a repeated one is not paid for twice. A backend
+    passed to :func:`optimize` is used as given: wrap it yourself."""
+    if config.top_k_only is not None:
+        model = TopKBackend(model, config.top_k_only)
+    if config.label_only:
+        model = LabelOnlyBackend(model)
+    return CachingBackend(model) if config.cache else model
 
 
 def _build_and_run(config: RunConfig, model: Backend, failures: FailureLog | None, resuming: bool,
