@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from backends.base import Backend, BackendError, BackendWrapper
 from backends.caching import CachingBackend
 from backends.counting import BudgetExhausted, CountingBackend
@@ -48,9 +50,11 @@ def _toy_torch(device: str = "cpu") -> Backend:
     return toy_torch_backend(device=device)
 
 
-def make_backend(name: str, device: str = "cpu", **http_options) -> Backend:
-    """Build the backend registered as ``name``; ``hf:<dir>`` loads a local transformers classifier; a URL
-    gives an HTTP backend (``http_options``: the run options named in ``backends.http.HTTP_OPTIONS``)."""
+def make_backend(name: str, device: str = "cpu", *, class_names: Sequence[str] | None = None,
+                 template: str = "a photo of a {}", **http_options) -> Backend:
+    """Build the backend registered as ``name``; ``hf:<dir>`` loads a local transformers classifier, ``clip:<dir>``
+    a local zero-shot image-text model over ``class_names`` (each put in ``template``); a URL gives an HTTP
+    backend (``http_options``: the run options named in ``backends.http.HTTP_OPTIONS``)."""
     if name.startswith(("http://", "https://")):
         from backends.http import make_http_backend
 
@@ -59,6 +63,13 @@ def make_backend(name: str, device: str = "cpu", **http_options) -> Backend:
         from backends.hf_local import hf_image_classifier
 
         return hf_image_classifier(name[3:], device=device)
+    if name.startswith("clip:"):
+        from backends.hf_local import HFZeroShotBackend
+
+        if class_names is None:
+            raise ValueError(f"--backend {name} scores your class names, and none were given; they come from --data "
+                             "(or the prompt file)")
+        return HFZeroShotBackend(name[5:], class_names, template, device=device)
     return BACKENDS.get(name)(device=device)
 
 

@@ -258,7 +258,8 @@ def run_predict(args: argparse.Namespace) -> int:
     classifier = load_classifier(args.prompt) if args.prompt else None
     name = args.backend or (classifier.metadata.get("backend") if classifier else None) or "reference"
     top = args.top or (1 if classifier else 5)
-    backend = make_backend(name, device=args.device, **{option: getattr(args, option) for option in HTTP_OPTIONS})
+    backend = make_backend(name, device=args.device, class_names=classifier.classes if classifier else None,
+                           **{option: getattr(args, option) for option in HTTP_OPTIONS})
     counted = CountingBackend(backend, budget=args.budget)
     size = tuple(classifier.prompt.inner_size) if classifier else tuple(backend.image_size)
     names = classifier.classes if classifier else list(backend.labels)

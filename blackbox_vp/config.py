@@ -99,6 +99,8 @@ class RunConfig:
                                       "shape)")
     chat_model: str | None = option(None, "--format openai-chat: the model to ask (default: the one the server lists "
                                     "at /v1/models)")
+    template: str = option("a photo of a {}", "--backend clip:DIR: the text each class name goes into, {} where the "
+                           "name goes")
     top_k_only: int | None = option(None, "keep only each answer's K most probable labels (the rest share what they "
                                     "leave), as an API that reports its top K: to plan with such an API")
     label_only: bool = option(False, "keep only each answer's top label, as an API that reports nothing else")

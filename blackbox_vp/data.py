@@ -272,6 +272,16 @@ def load_task(name: str, size: tuple[int, int], seed: int = 0) -> Dataset:
                      "ROOT/<class>/<image>")
 
 
+def task_classes(name: str) -> list[str]:
+    """A task's class names, in label order, without reading a folder's images (a zero-shot backend asks for them)."""
+    if name in TASKS:
+        return list(TASKS.get(name)(size=(8, 8), seed=0).classes)
+    root = Path(name)
+    if root.is_dir():
+        return [path.name for path in sorted(root.iterdir()) if path.is_dir() and not path.name.startswith(".")]
+    return list(load_task(name, (8, 8)).classes)  # raises the error that names the task
+
+
 def split(dataset: Dataset, train: int, val: int, test: int, seed: int, shots: int | None = None) -> Splits:
     """Deterministic, class-stratified train/val/test split from ``seed``.
 

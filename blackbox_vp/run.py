@@ -43,7 +43,7 @@ from backends import (Backend, BackendWrapper, CachingBackend, CountingBackend, 
 from backends.http import HTTP_OPTIONS, is_url
 from blackbox_vp.checkpoint import load_checkpoint, save_checkpoint
 from blackbox_vp.config import RunConfig, read_config, write_config
-from blackbox_vp.data import Splits
+from blackbox_vp.data import Splits, task_classes
 from blackbox_vp.directory_lock import RUN_LOCK, hold_directory
 from blackbox_vp.disk import writing
 from blackbox_vp.journal import Journal, JournaledBackend, Ledger, read_journal
@@ -611,13 +611,25 @@ def _execute(config: RunConfig, backend: Backend | None, resuming: bool, changed
     http_options = {name: getattr(config, name) for name in HTTP_OPTIONS}
     if failures is not None:
         http_options["on_failure"] = failures
-    model = backend or answers_as_configured(make_backend(config.backend, device=config.device, **http_options),
-                                             config)
+    classes = None
+    if backend is None and scores_the_class_names(config):
+        classes = task_classes(config.data)
+        http_options["labels"] = config.labels or classes  # a zero-shot server's candidates: a labels file, or --data
+    model = backend or answers_as_configured(make_backend(config.backend, device=config.device, class_names=classes,
+                                                          template=config.template, **http_options), config)
     try:
         return _build_and_run(config, model, failures, resuming, changed or {})
     finally:
         if backend is None:
             model.close()  # an HTTP backend's connections and event loop thread, also when a check failed
+
+
+ZERO_SHOT_FORMATS = ("hf-zero-shot", "openai-chat")  # formats whose labels are the classes asked about
+
+
+def scores_the_class_names(config: RunConfig) -> bool:
+    """Whether the backend is a zero-shot one over the task's classes: ``clip:DIR``, or a zero-shot format's URL."""
+    return config.backend.startswith("clip:") or (is_url(config.backend) and config.format in ZERO_SHOT_FORMATS)
 
 
 def answers_as_configured(model: Backend, config: RunConfig) -> Backend:

@@ -177,3 +177,24 @@ def test_preprocessing_configurations():
     torch.testing.assert_close(grey(0.5 * ones), torch.zeros(1, 3, 8, 8))
     image = torch.arange(16.0).view(1, 1, 4, 4)
     torch.testing.assert_close(center_crop(image, (2, 2)), torch.tensor([[[[5.0, 6.0], [9.0, 10.0]]]]))
+
+
+def test_a_zero_shot_run_from_the_cli_scores_the_data_sets_class_names(clip_dir, tmp_path):
+    """Issue 21: `--backend clip:DIR` asks a local CLIP about --data's classes ("a photo of a 3"), end to end, with
+    the identity mapping; the prompt file then classifies new images through the same backend."""
+    from blackbox_vp.cli import main
+
+    out = tmp_path / "run"
+    assert main(["optimize", "--backend", f"clip:{clip_dir}", "--mapping", "identity", "--optimizer", "cma",
+                 "--template", "a picture of the digit {}", "--data", "digits", "--budget", "400", "--train", "100",
+                 "--val", "40", "--test", "40", "--batch-size", "4", "--grid", "2", "--quiet", "--out", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "finished" and result["queries_used"] <= 400 and result["test_accuracy"] is not None
+    assert result["config"]["template"] == "a picture of the digit {}"
+    from backends import make_backend
+
+    model = make_backend(f"clip:{clip_dir}", class_names=[str(d) for d in range(10)], template="a picture of the "
+                         "digit {}")
+    assert model.labels == [str(d) for d in range(10)] and model.prompts[3] == "a picture of the digit 3"
+    with pytest.raises(ValueError, match=r"--backend clip:.* scores your class names, and none were given"):
+        make_backend(f"clip:{clip_dir}")

@@ -20,7 +20,7 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from backends import CountingBackend
+from backends import BackendWrapper, CountingBackend
 from backends.base import BackendError
 from backends.http import HTTPBackend
 from backends.http.codecs import png_base64
@@ -284,3 +284,22 @@ def test_bbvp_serve_subprocess_and_an_optimize_run_against_it(tmp_path):
             assert stats(address)["images"] == cache["misses"] == asked - cache["hits"]  # repeats served from memory
         finally:
             server.terminate()
+
+
+class Digits(BackendWrapper):
+    """The toy model with ten labels named as digits' classes are: '0'..'9'."""
+
+    def __init__(self):
+        super().__init__(ToyBackend(num_labels=10, image_size=(224, 224)))  # as a Hugging Face client assumes
+        self.labels = [str(i) for i in range(10)]
+
+
+def test_a_zero_shot_server_is_asked_about_the_data_sets_classes_when_no_labels_are_given():
+    """Issue 21: `--format hf-zero-shot` takes the candidate labels from --data unless --labels is given."""
+    with running(create_app(Digits(), "digits")) as address:
+        config = RunConfig(backend=f"{address}/hf/models/digits", format="hf-zero-shot", mapping="identity",
+                           optimizer="cma", data="digits", budget=400, train=100, val=40, test=40, batch_size=4,
+                           grid=2, quiet=True)
+        result = optimize(config)
+        served = stats(address)
+    assert result.status == "finished" and served["images"] == result.cache["misses"] > 0

@@ -7,6 +7,8 @@ FastAPI and uvicorn and is imported only by ``bbvp serve``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from backends.http.client import (FailureHook, HTTPBackend, InsecureTLSWarning, PartialAnswerWarning, UnnamedLabelsWarning,
                                   read_token_file)
 from backends.http.codecs import FORMATS, load_labels
@@ -24,7 +26,8 @@ def is_url(name: str) -> bool:
     return name.startswith(("http://", "https://"))
 
 
-def make_http_backend(url: str, format: str = "bbvp", labels: str | None = None, token_env: str | None = None,
+def make_http_backend(url: str, format: str = "bbvp", labels: str | Sequence[str] | None = None,
+                      token_env: str | None = None,
                       token_file: str | None = None, torchserve_key_file: str | None = None,
                       token_header: str = "Authorization",
                       tls_verify: bool | str = True, rate_limit: float | None = None,
@@ -33,11 +36,13 @@ def make_http_backend(url: str, format: str = "bbvp", labels: str | None = None,
                       http_attempts: int = 6, scores: str = "auto", input_mean: str | None = None,
                       input_std: str | None = None, input_layout: str | None = None, chat_model: str | None = None,
                       on_failure: FailureHook | None = None) -> HTTPBackend:
-    """An :class:`HTTPBackend` for ``url`` from run options; ``labels`` is a labels file (see ``load_labels``),
+    """An :class:`HTTPBackend` for ``url`` from run options; ``labels`` is a labels file (see ``load_labels``) or the
+    labels themselves,
     ``token_file`` a file holding the token (mode 0600), ``tls_verify`` True, False (warned) or a CA bundle
     file, ``scores`` the kind of numbers the server answers with (:mod:`backends.http.scores`), ``on_failure``
     gets one event per failed attempt (for the run journal)."""
-    return HTTPBackend(url, format, labels=load_labels(labels) if labels else None, token_env=token_env,
+    labels = load_labels(labels) if isinstance(labels, str) else labels
+    return HTTPBackend(url, format, labels=labels, token_env=token_env,
                        token_file=token_file, torchserve_key_file=torchserve_key_file, token_header=token_header, verify=tls_verify, rate_limit=rate_limit,
                        image_rate_limit=image_rate_limit, cost_per_image=cost_per_image, max_batch=http_max_batch,
                        concurrency=http_concurrency, timeout=http_timeout, max_attempts=http_attempts,
