@@ -61,6 +61,10 @@ def test_predict_on_a_folder_prints_the_classes_the_run_would_give(learned, caps
     truth = {row["image"]: row["image"].split("/")[-2] for row in rows}
     accuracy = np.mean([row["class"] == truth[row["image"]] for row in rows])
     assert accuracy == result.test_accuracy
+    files = sorted(folder.rglob("*.png"), key=lambda path: path.name)  # named by their index in the test split
+    by_image = {row["image"]: row["class"] for row in rows}
+    chosen, _ = classifier.predict(test.images, ToyBackend())
+    assert [by_image[str(path)] for path in files] == [test.classes[c] for c in chosen]  # image by image
     assert f"{len(test)} images classified, {len(test)} sent to toy" in err  # the backend recorded in prompt.json
 
 
