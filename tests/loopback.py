@@ -28,6 +28,26 @@ from backends.base import Backend
 from backends.http.server import bind
 
 
+def free_ports(count: int = 1) -> list[int]:
+    """``count`` distinct free TCP ports on 127.0.0.1 (for a server the test starts in another process)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def server_run_config():
+    """The run that every real-server test makes against its server and against the local toy model."""
+    from blackbox_vp import RunConfig
+
+    return RunConfig(backend="toy", optimizer="cma", mapping="frequency", data="digits", budget=1500, batch_size=8,
+                     grid=4, val=60, test=120, train=400, quiet=True)
+
+
 @contextmanager
 def running(app, port: int = 0, **config) -> Iterator[str]:
     """Serve ``app`` with uvicorn on 127.0.0.1:``port`` (0: a free one) in a thread; yields its URL.

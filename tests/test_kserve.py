@@ -4,7 +4,6 @@ The server runs in a subprocess (tests/kserve_toy_server.py). KServe binds all i
 only ever connects to 127.0.0.1.
 """
 
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,8 @@ kserve = pytest.importorskip("kserve")
 
 from backends.http import HTTPBackend, UnnamedLabelsWarning  # noqa: E402
 from backends.toy import ToyBackend  # noqa: E402
-from blackbox_vp import RunConfig, optimize  # noqa: E402
+from blackbox_vp import optimize  # noqa: E402
+from loopback import free_ports, server_run_config  # noqa: E402
 
 SERVER = Path(__file__).with_name("kserve_toy_server.py")
 
@@ -34,19 +34,8 @@ class Float32Toy(ToyBackend):
         return super()._query_batch(images).astype(np.float32).astype(np.float64)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def run_config() -> RunConfig:
-    return RunConfig(backend="toy", optimizer="cma", mapping="frequency", data="digits", budget=1500, batch_size=8,
-                     grid=4, val=60, test=120, train=400, quiet=True)
-
-
 def test_a_run_against_kserve_modelserver_equals_the_local_run_and_is_counted(tmp_path):
-    port, count_file = free_port(), tmp_path / "served"
+    port, count_file = free_ports()[0], tmp_path / "served"
     log = (tmp_path / "server.log").open("wb")  # a file, not a pipe: KServe logs every request
     server = subprocess.Popen([sys.executable, str(SERVER), str(port), str(count_file)],
                               stdout=log, stderr=subprocess.STDOUT)
@@ -67,7 +56,7 @@ def test_a_run_against_kserve_modelserver_equals_the_local_run_and_is_counted(tm
         try:
             # KServe's metadata has no label or size parameters: labels "0".."K-1", the size given here
             assert model.labels == [str(i) for i in range(20)] and model.image_size == (64, 64)
-            result = optimize(run_config(), backend=model)
+            result = optimize(server_run_config(), backend=model)
         finally:
             model.close()
         assert result.queries_used <= 1500
@@ -80,5 +69,5 @@ def test_a_run_against_kserve_modelserver_equals_the_local_run_and_is_counted(tm
             server.kill()
             server.wait()
         log.close()
-    expected = optimize(run_config(), backend=Float32Toy())
+    expected = optimize(server_run_config(), backend=Float32Toy())
     assert result.history == expected.history and result.test_accuracy == expected.test_accuracy

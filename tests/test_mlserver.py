@@ -16,7 +16,6 @@ import functools
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,7 +29,8 @@ from backends.base import BackendError
 from backends.http import HTTPBackend, UnnamedLabelsWarning
 from backends.http.scores import to_probabilities
 from backends.toy import ToyBackend
-from blackbox_vp import RunConfig, optimize
+from blackbox_vp import optimize
+from loopback import free_ports, server_run_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_PYTHON = os.environ.get("BBVP_MLSERVER_PYTHON")
@@ -65,20 +65,9 @@ class Float32LogitsToy(ToyBackend):
         return to_probabilities(logits, "logits")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def run_config() -> RunConfig:
-    return RunConfig(backend="toy", optimizer="cma", mapping="frequency", data="digits", budget=1500, batch_size=8,
-                     grid=4, val=60, test=120, train=400, quiet=True)
-
-
 @functools.cache
 def local_run(logits: bool):
-    return optimize(run_config(), backend=Float32LogitsToy() if logits else Float32Toy())
+    return optimize(server_run_config(), backend=Float32LogitsToy() if logits else Float32Toy())
 
 
 def write_repository(root: Path, http_port: int, grpc_port: int) -> None:
@@ -101,8 +90,8 @@ def write_repository(root: Path, http_port: int, grpc_port: int) -> None:
 def mlserver(tmp_path_factory):
     """The base URL of an MLServer serving MODELS, and the folder holding their count files."""
     root = tmp_path_factory.mktemp("mlserver")
-    port = free_port()
-    write_repository(root, port, free_port())
+    port = free_ports()[0]
+    write_repository(root, port, free_ports()[0])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), "OMP_NUM_THREADS": "1"}
     log_path = root / "server.log"
     log = log_path.open("wb")  # a file, not a pipe: a failed predict logs its traceback
@@ -155,7 +144,7 @@ def test_a_run_against_mlserver_equals_the_local_run_and_is_counted(mlserver, na
     try:
         assert model.labels == labels and model.image_size == (64, 64) and model.codec.datatype == MODELS[name][0][
             "datatype"]
-        result = optimize(run_config(), backend=model)
+        result = optimize(server_run_config(), backend=model)
         assert model.score_kind == MODELS[name][1]  # told by --scores auto from the first answer
     finally:
         model.close()

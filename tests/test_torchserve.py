@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
-import numpy as np
 import pytest
 
 pytest.importorskip("ts", reason="TorchServe is not installed (pip install -e '.[torchserve]')")
@@ -31,7 +29,8 @@ if shutil.which("java") is None:
 from backends.base import BackendError  # noqa: E402
 from backends.http import HTTPBackend, PartialAnswerWarning  # noqa: E402
 from backends.toy import ToyBackend  # noqa: E402
-from blackbox_vp import RunConfig, optimize  # noqa: E402
+from blackbox_vp import optimize  # noqa: E402
+from loopback import free_ports, server_run_config  # noqa: E402
 
 HANDLER = Path(__file__).with_name("torchserve_toy_handler.py")
 REPO = HANDLER.parent.parent
@@ -45,22 +44,6 @@ def tool(name: str) -> str:
     if path is None:
         pytest.skip(f"{name} is not on PATH")
     return path
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def run_config() -> RunConfig:
-    return RunConfig(backend="toy", optimizer="cma", mapping="frequency", data="digits", budget=1500, batch_size=8,
-                     grid=4, val=60, test=120, train=400, quiet=True)
 
 
 def archive(folder: Path, name: str, topk: int) -> Path:
@@ -171,7 +154,7 @@ def test_a_run_against_torchserve_with_every_label_equals_the_local_run_and_is_c
     model = HTTPBackend(f"{torchserve.base}/predictions/toy-all", "torchserve", labels=LABELS, image_size=(64, 64),
                         torchserve_key_file=torchserve.key_file)
     try:
-        result = optimize(run_config(), backend=model)
+        result = optimize(server_run_config(), backend=model)
         failures = model.failures
     finally:
         model.close()
@@ -179,7 +162,7 @@ def test_a_run_against_torchserve_with_every_label_equals_the_local_run_and_is_c
     assert failures == 0 and result.queries_used <= 1500
     assert len(seen) == result.queries_used + result.test_queries
     assert set(seen) == {"body image/png"}  # the raw PNG body arrives as TorchServe's parameter "body"
-    expected = optimize(run_config(), backend=ToyBackend())
+    expected = optimize(server_run_config(), backend=ToyBackend())
     assert result.history == expected.history and result.test_accuracy == expected.test_accuracy
 
 
@@ -189,7 +172,7 @@ def test_torchserves_top5_answers_are_warned_about_once_and_the_run_finishes(tor
                         torchserve_key_file=torchserve.key_file)
     try:
         with pytest.warns(PartialAnswerWarning, match="answers with only 5 of its 20 labels") as caught:
-            result = optimize(run_config(), backend=model)
+            result = optimize(server_run_config(), backend=model)
     finally:
         model.close()
     assert sum(issubclass(w.category, PartialAnswerWarning) for w in caught) == 1
@@ -202,7 +185,7 @@ def test_without_the_key_torchserve_answers_400_and_the_key_file_option_is_named
     model = HTTPBackend(f"{torchserve.base}/predictions/toy-all", "torchserve", labels=LABELS, image_size=(64, 64))
     try:
         with pytest.raises(BackendError, match=r"answered 400 .*InvalidKeyException.*--torchserve-key-file"):
-            optimize(run_config(), backend=model)
+            optimize(server_run_config(), backend=model)
         assert model.requests == 1  # a 400 is not retried
     finally:
         model.close()
