@@ -40,6 +40,18 @@ def free_ports(count: int = 1) -> list[int]:
             sock.close()
 
 
+def stop(process) -> None:
+    """End a server the test started (a ``subprocess.Popen``): SIGTERM, then SIGKILL after 15 s."""
+    import subprocess
+
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def server_run_config():
     """The run that every real-server test makes against its server and against the local toy model."""
     from blackbox_vp import RunConfig

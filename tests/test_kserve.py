@@ -18,7 +18,7 @@ kserve = pytest.importorskip("kserve")
 from backends.http import HTTPBackend, UnnamedLabelsWarning  # noqa: E402
 from backends.toy import ToyBackend  # noqa: E402
 from blackbox_vp import optimize  # noqa: E402
-from loopback import free_ports, server_run_config  # noqa: E402
+from loopback import free_ports, server_run_config, stop  # noqa: E402
 
 SERVER = Path(__file__).with_name("kserve_toy_server.py")
 
@@ -62,12 +62,7 @@ def test_a_run_against_kserve_modelserver_equals_the_local_run_and_is_counted(tm
         assert result.queries_used <= 1500
         assert int(count_file.read_text()) == result.queries_used + result.test_queries
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server)
         log.close()
     expected = optimize(server_run_config(), backend=Float32Toy())
     assert result.history == expected.history and result.test_accuracy == expected.test_accuracy

@@ -30,7 +30,7 @@ from backends.http import HTTPBackend, UnnamedLabelsWarning
 from backends.http.scores import to_probabilities
 from backends.toy import ToyBackend
 from blackbox_vp import optimize
-from loopback import free_ports, server_run_config
+from loopback import free_ports, server_run_config, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_PYTHON = os.environ.get("BBVP_MLSERVER_PYTHON")
@@ -111,12 +111,7 @@ def mlserver(tmp_path_factory):
             time.sleep(0.3)
         yield base, root
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server)
         log.close()
 
 
