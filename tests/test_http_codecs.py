@@ -39,7 +39,7 @@ def fake_fetch(answers: dict[tuple[str, str], object]):
 
 def test_every_format_is_registered_with_a_description():
     assert FORMATS.names() == ["bbvp", "oip-v2", "kserve-v1", "torchserve", "hf-image-classification",
-                               "hf-zero-shot"]
+                               "hf-zero-shot", "openai-chat"]
     for name, description in FORMATS.describe():
         assert FORMATS.get(name).name == name and description
 
