@@ -10,6 +10,8 @@ JSON (bbvp, kserve-v1 lists), to FP32 for oip-v2, and, for the formats that name
 same scores renormalized to sum to 1 (what the client documents for keyed answers).
 """
 
+import base64
+
 import httpx
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -152,6 +154,24 @@ def test_torchserve_requests_decode_to_the_pixels_and_answers_to_the_scores(case
     np.testing.assert_allclose(codec.decode(answer, 1, labels), renormalized(scores), rtol=1e-12)
 
 
+@SETTINGS
+@given(case=cases(probabilities=True, max_images=1))
+def test_openai_chat_requests_decode_to_the_pixels_and_top_logprobs_to_the_scores(case):
+    """Class names that no other begins with (made so here), every one answered as a token with its log-probability:
+    the scores come back renormalized; the image comes back from its data URL pixel for pixel."""
+    _, images, scores = case
+    labels = [f"c{i}-" for i in range(scores.shape[1])]
+    codec = FORMATS.get("openai-chat")("http://server.test")
+    codec.model = "m"
+    call = codec.encode(images, labels)
+    url = call.json["messages"][0]["content"][1]["image_url"]["url"]
+    assert url.startswith("data:image/png;base64,") and call.url == "http://server.test/v1/chat/completions"
+    np.testing.assert_array_equal(server_decode(base64.b64decode(url.split(",", 1)[1]), images)[None], images)
+    top = [{"token": label.upper(), "logprob": float(np.log(p))} for label, p in zip(labels, renormalized(scores)[0])]
+    answer = {"choices": [{"logprobs": {"content": [{"token": top[0]["token"], "logprob": 0.0, "top_logprobs": top}]}}]}
+    np.testing.assert_allclose(codec.decode(answer, 1, labels), renormalized(scores), rtol=1e-9)
+
+
 def test_every_format_has_a_round_trip_property_here():
-    covered = {"bbvp", "oip-v2", "hf-image-classification", "hf-zero-shot", "kserve-v1", "torchserve"}
+    covered = {"bbvp", "oip-v2", "hf-image-classification", "hf-zero-shot", "kserve-v1", "torchserve", "openai-chat"}
     assert set(FORMATS.names()) == covered
