@@ -34,6 +34,8 @@ from loopback import free_ports, server_run_config, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_PYTHON = os.environ.get("BBVP_MLSERVER_PYTHON")
+if SERVER_PYTHON is not None:  # made absolute as given (not resolved: a venv's python must keep its own path),
+    SERVER_PYTHON = os.path.abspath(SERVER_PYTHON)  # since the server starts in a temporary folder
 if SERVER_PYTHON is None:
     # looked up, not imported: MLServer runs only in the server process, and importing it here after kserve (or
     # kserve after it) fails, both registering the OIP gRPC messages ("duplicate symbol 'inference.ServerLiveRequest'")
@@ -96,7 +98,11 @@ def mlserver(tmp_path_factory):
     log_path = root / "server.log"
     log = log_path.open("wb")  # a file, not a pipe: a failed predict logs its traceback
     command = [SERVER_PYTHON, "-c", "from mlserver.cli.main import main; main()", "start", str(root)]
-    server = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        server = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    except BaseException:  # no server: its log must not stay open (an unclosed file fails a later test)
+        log.close()
+        raise
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
