@@ -253,8 +253,8 @@ class ShadowPlan(Plan):
             raise ValueError(f"--correction-images {correction} holds no correction step: a step scores "
                              f"{CORRECTION_CANDIDATES} prompts on a batch of {batch}, {step_images} images; give at least "
                              f"that, or 0 for no correction")
-        rounds = config.rounds or max(1, min(MAX_ROUNDS, (budget - mapping - val - (correction and correction + round_images))
-                                             // max(round_images, 1)))
+        set_aside = correction + round_images if correction else 0  # the correction's steps and their verification
+        rounds = config.rounds or max(1, min(MAX_ROUNDS, (budget - mapping - val - set_aside) // max(round_images, 1)))
         why["rounds"] = ("set (--rounds)" if config.rounds is not None else
                          f"automatic: as many as the budget holds after the mapping, baseline and correction, at most "
                          f"{MAX_ROUNDS}")
