@@ -12,9 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-
-class BackendError(RuntimeError):
-    """A backend could not answer, or answered something that is not valid scores."""
+from backends.errors import BackendError, ConfigurationError
 
 
 class Backend(ABC):
@@ -50,8 +48,12 @@ class Backend(ABC):
     def _query_batch(self, images: np.ndarray) -> np.ndarray:
         """Score one batch of at most ``max_batch`` images."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a backend without resources need not override it)
         """Release resources (connections, threads). Safe to call twice."""
+
+    def stats(self) -> dict | None:
+        """What a remote backend reports of its traffic (requests, retries, images answered, cost); None here."""
+        return None
 
 
 class BackendWrapper(Backend):
@@ -80,13 +82,19 @@ class BackendWrapper(Backend):
         return backend
 
 
+def pixel_size(value: Sequence[int]) -> tuple[int, int]:
+    """(H, W) as two ints, from any pair (a list read from JSON, a tuple, an array's shape)."""
+    height, width = value
+    return int(height), int(width)
+
+
 def check_images(images: np.ndarray) -> np.ndarray:
     """Refuse anything that is not a uint8 (N, H, W, 3) array."""
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise TypeError(f"images must be uint8 (what goes over the wire), got {images.dtype}")
     if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images must have shape (N, H, W, 3), got {images.shape}")
+        raise ConfigurationError(f"images must have shape (N, H, W, 3), got {images.shape}")
     return images
 
 

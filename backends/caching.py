@@ -16,6 +16,7 @@ from collections import OrderedDict
 import numpy as np
 
 from backends.base import Backend, BackendWrapper, check_images
+from backends.errors import ConfigurationError
 
 DEFAULT_MAX_ENTRIES = 20_000
 """Default cache size in images. One entry holds K float64 scores (8 kB for K = 1000 labels), so the
@@ -45,7 +46,7 @@ class CachingBackend(BackendWrapper):
     def __init__(self, inner: Backend, max_entries: int = DEFAULT_MAX_ENTRIES):
         super().__init__(inner)
         if max_entries < 0:
-            raise ValueError(f"max_entries must be >= 0, got {max_entries}")
+            raise ConfigurationError(f"max_entries must be >= 0, got {max_entries}")
         self.max_entries = max_entries
         self.hits = 0
         self.misses = 0

@@ -5,19 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from backends.base import Backend, BackendWrapper
-
-
-class BudgetExhausted(RuntimeError):
-    """Raised *before* a query that would send more images than the budget allows."""
-
-    def __init__(self, requested: int, used: int, budget: int):
-        super().__init__(
-            f"query of {requested} images refused: {used} of the budget of {budget} images already used, "
-            f"{budget - used} left"
-        )
-        self.requested = requested
-        self.used = used
-        self.budget = budget
+from backends.errors import BudgetExhausted, ConfigurationError
 
 
 class CountingBackend(BackendWrapper):
@@ -30,7 +18,7 @@ class CountingBackend(BackendWrapper):
     def __init__(self, inner: Backend, budget: int | None = None):
         super().__init__(inner)
         if budget is not None and budget < 0:
-            raise ValueError(f"budget must be >= 0 images, got {budget}")
+            raise ConfigurationError(f"budget must be >= 0 images, got {budget}")
         self.budget = budget
         self.images_sent = 0
         self.calls = 0

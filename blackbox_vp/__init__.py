@@ -5,15 +5,18 @@
     result = resume("runs/x")  # after a crash or Ctrl-C
     classes, probabilities = load_classifier("runs/x/prompt.json").predict(images, backend)  # use it
 
-Names are imported on first use, so ``import blackbox_vp.registry`` stays light (the backends
-package uses it without pulling in the run loop).
+Every error it raises on purpose derives from :class:`BlackboxVPError` (the tree: :mod:`backends.errors`).
+Names are imported on first use, so ``import blackbox_vp`` stays light.
 """
 
 from importlib import import_module
 
 __version__ = "0.1.0"
 _EXPORTS = {"RunConfig": "blackbox_vp.config", "RunResult": "blackbox_vp.run", "RunInterrupted": "blackbox_vp.run",
-            "optimize": "blackbox_vp.run", "resume": "blackbox_vp.run", "load_classifier": "blackbox_vp.classifier"}
+            "optimize": "blackbox_vp.run", "resume": "blackbox_vp.run", "load_classifier": "blackbox_vp.classifier",
+            **{name: "backends.errors" for name in ("BlackboxVPError", "ConfigurationError", "BackendError", "CodecError",
+                                                   "ScoresError", "RetryableError", "BudgetExhausted",
+                                                   "RunDirectoryError", "DirectoryInUse")}}
 __all__ = list(_EXPORTS)
 
 

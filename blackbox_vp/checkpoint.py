@@ -13,12 +13,14 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
+from typing import Any
 
-from blackbox_vp.disk import writing
+from backends.errors import ConfigurationError
+from blackbox_vp.disk import replace_atomically
 
 FORMAT = "blackbox-vp/checkpoint/4"
 CRASH_AT_CHECKPOINT = "BBVP_CRASH_AT_CHECKPOINT"  # fault injection for tests: die after this process's k-th save
-_saves = {"armed": None, "count": 0}  # saves since the variable took its value, in this process
+_saves: dict[str, Any] = {"armed": None, "count": 0}  # saves since the variable took its value, in this process
 
 
 def save_checkpoint(path: Path, state: object) -> None:
@@ -27,22 +29,8 @@ def save_checkpoint(path: Path, state: object) -> None:
     A write that fails (a full disk) removes its temporary file and raises
     :class:`~blackbox_vp.disk.RunDirectoryError`; the last good checkpoint stays.
     """
-    temporary = path.with_name(path.name + ".tmp")
-    with writing(path, "checkpoint"):
-        try:
-            with open(temporary, "wb") as file:
-                pickle.dump({"format": FORMAT, "state": state}, file, protocol=pickle.HIGHEST_PROTOCOL)
-                file.flush()
-                os.fsync(file.fileno())
-        except OSError:
-            temporary.unlink(missing_ok=True)
-            raise
-        os.replace(temporary, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the rename itself reaches the disk
-        finally:
-            os.close(directory)
+    replace_atomically(path, pickle.dumps({"format": FORMAT, "state": state}, protocol=pickle.HIGHEST_PROTOCOL),
+                       "checkpoint")
     _crash_if_asked()
 
 
@@ -58,13 +46,13 @@ def _crash_if_asked() -> None:
         os._exit(137)
 
 
-def load_checkpoint(path: Path) -> object:
+def load_checkpoint(path: Path) -> Any:
     """The state saved by :func:`save_checkpoint`; a clear error if the file is not one."""
     try:
         with open(path, "rb") as file:
             document = pickle.load(file)
     except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as error:
-        raise ValueError(f"cannot read checkpoint {path}: {error}") from error
+        raise ConfigurationError(f"cannot read checkpoint {path}: {error}") from error
     if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a blackbox-vp checkpoint of this version (expected format {FORMAT!r})")
+        raise ConfigurationError(f"{path} is not a blackbox-vp checkpoint of this version (expected format {FORMAT!r})")
     return document["state"]

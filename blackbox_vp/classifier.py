@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from backends import Backend, BackendWrapper
-from backends.base import check_images
+from backends.base import check_images, pixel_size
+from backends.errors import ConfigurationError
 from blackbox_vp.data import IMAGE_SUFFIXES, MAX_PIXELS, read_rgb, resize_images
 from blackbox_vp.mappings import OutputMapping
 from blackbox_vp.prompt_file import load_prompt
@@ -59,9 +60,9 @@ class PromptedClassifier:
         from PIL import Image
 
         if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"images must be (N, H, W, 3) uint8 RGB, got shape {images.shape}")
-        size = tuple(self.prompt.inner_size)
-        return images if tuple(images.shape[1:3]) == size else resize_images(images, size, Image.BILINEAR)
+            raise ConfigurationError(f"images must be (N, H, W, 3) uint8 RGB, got shape {images.shape}")
+        size = pixel_size(self.prompt.inner_size)
+        return images if tuple(images.shape[1:3]) == size else resize_images(images, size, Image.Resampling.BILINEAR)
 
 
 class PromptedBackend(BackendWrapper):
@@ -72,7 +73,7 @@ class PromptedBackend(BackendWrapper):
         super().__init__(upstream)
         self.classifier = classifier
         self.labels = list(classifier.classes)
-        self.image_size = tuple(classifier.prompt.inner_size)
+        self.image_size = pixel_size(classifier.prompt.inner_size)
         self.max_batch = CHUNK
 
     def query(self, images: np.ndarray) -> np.ndarray:
@@ -87,7 +88,7 @@ def load_classifier(path: str | Path) -> PromptedClassifier:
     prompt, theta, mapping, metadata = load_prompt(Path(path))
     classes = metadata.get("classes")
     if not isinstance(classes, list) or not all(isinstance(name, str) for name in classes):
-        raise ValueError(f"{path} names no classes (metadata.classes); it was not written by `bbvp optimize`")
+        raise ConfigurationError(f"{path} names no classes (metadata.classes); it was not written by `bbvp optimize`")
     return PromptedClassifier(prompt, theta, mapping, classes, metadata)
 
 
@@ -105,4 +106,4 @@ def read_image(path: Path, size: tuple[int, int]) -> np.ndarray:
     try:
         return read_rgb(path, size, MAX_PIXELS, Counter())
     except (OSError, ValueError) as error:
-        raise ValueError(f"cannot read image {path}: {error}") from None
+        raise ConfigurationError(f"cannot read image {path}: {error}") from None

@@ -11,9 +11,12 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+from backends.base import pixel_size
+from backends.errors import BackendError, BudgetExhausted, ConfigurationError, RunDirectoryError
 from backends.http import HTTP_OPTIONS
 from blackbox_vp.config import RunConfig, field_type, read_config
 from blackbox_vp.experiment import add_experiment_parser, run_experiment_command
+from blackbox_vp.run_directory import CONFIG, OUTPUTS, RESUME_CHANGES, RunDirectory
 
 DEMO_OUT = "bbvp-demo"
 
@@ -122,7 +125,7 @@ def build_parser(settings: dict | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def add_fields(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
+def add_fields(parser: argparse._ActionsContainer, names: tuple[str, ...]) -> None:
     """--flags for the named RunConfig fields, with their types, defaults and help lines."""
     for f in fields(RunConfig):
         if f.name in names and field_type(f.type) is bool:  # --x/--no-x, as in add_run_options
@@ -163,18 +166,14 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def with_settings_file(args: argparse.Namespace, argv: list[str]) -> argparse.Namespace:
     """Parse ``argv`` again with the settings of --config FILE or --resume DIR as defaults."""
-    from blackbox_vp.run import CONFIG
-
     if args.config and args.resume:
-        raise ValueError("--config and --resume do not go together: a resumed run keeps the settings of its "
+        raise ConfigurationError("--config and --resume do not go together: a resumed run keeps the settings of its "
                          f"{CONFIG}; drop --config")
-    source = args.config or (args.resume / CONFIG if args.resume else None)
-    if source is None:
-        return args
-    if args.resume and not source.is_file():
-        raise FileNotFoundError(f"--resume {args.resume}: no {CONFIG} there; give the --out directory of a "
-                                "`bbvp optimize` run")
-    return build_parser(read_config(source)).parse_args(argv)
+    if args.resume:
+        return build_parser(RunDirectory(args.resume).settings()).parse_args(argv)
+    if args.config:
+        return build_parser(read_config(args.config)).parse_args(argv)
+    return args
 
 
 def print_result(result, config: RunConfig) -> None:
@@ -187,24 +186,19 @@ def print_result(result, config: RunConfig) -> None:
           f"validation {result.val_accuracy:.4f}, images used {result.queries_used} of {result.budget} "
           f"(+{result.test_queries} for the test), {result.seconds:.0f} s")
     if config.out:
-        print(f"run directory {Path(config.out).resolve()}: result.json, prompt.json, prompt.png, examples.png, "
-              "curve.png, journal.jsonl, config.toml, checkpoint")
+        print(f"run directory {Path(config.out).resolve()}: {', '.join(OUTPUTS)}")
 
 
 def run_optimize(args: argparse.Namespace) -> int:
-    from blackbox_vp.run import CONFIG, RESUME_CHANGES, optimize, resume
+    from blackbox_vp.run import optimize, resume
 
     config = config_from_args(args)
     directory = getattr(args, "resume", None)
     if directory is None:
         result = optimize(config)
     else:
-        saved = RunConfig(**read_config(directory / CONFIG))
-        for name in (f.name for f in fields(RunConfig) if f.name not in RESUME_CHANGES):
-            if getattr(config, name) != getattr(saved, name):
-                raise ValueError(f"--{name.replace('_', '-')} cannot change when resuming: the run in {directory} "
-                                 f"keeps the settings of its {CONFIG}; drop it (only "
-                                 f"{', '.join('--' + n for n in RESUME_CHANGES)} may be given)")
+        given = {f.name: getattr(config, f.name) for f in fields(RunConfig) if f.name != "out"}
+        RunDirectory(directory).refuse_changed_settings(given)
         result = resume(directory, **{name: getattr(config, name) for name in RESUME_CHANGES})
         config = dataclasses.replace(config, out=str(directory))
     print_result(result, config)
@@ -254,21 +248,21 @@ def run_predict(args: argparse.Namespace) -> int:
     from blackbox_vp.classifier import image_files, load_classifier, read_image
 
     if args.json and args.csv:
-        raise ValueError("--json and --csv: choose one output format")
+        raise ConfigurationError("--json and --csv: choose one output format")
     classifier = load_classifier(args.prompt) if args.prompt else None
     name = args.backend or (classifier.metadata.get("backend") if classifier else None) or "reference"
     top = args.top or (1 if classifier else 5)
     backend = make_backend(name, device=args.device, class_names=classifier.classes if classifier else None,
                            **{option: getattr(args, option) for option in HTTP_OPTIONS})
     counted = CountingBackend(backend, budget=args.budget)
-    size = tuple(classifier.prompt.inner_size) if classifier else tuple(backend.image_size)
+    size = pixel_size(classifier.prompt.inner_size if classifier else backend.image_size)
     names = classifier.classes if classifier else list(backend.labels)
     writer = csv.writer(sys.stdout) if args.csv else None
     if writer:
         writer.writerow(["image", "rank", "class", "probability"])
     files, unreadable, beyond = list(image_files(args.images)), 0, 0
     if not files:
-        raise ValueError(f"no image files in {', '.join(map(str, args.images))} (suffixes: png, jpg, jpeg, ...)")
+        raise ConfigurationError(f"no image files in {', '.join(map(str, args.images))} (suffixes: png, jpg, jpeg, ...)")
     progress = tqdm(total=len(files), unit="img", disable=args.quiet or len(files) < 2 * PREDICT_BATCH, file=sys.stderr)
     try:
         for start in range(0, len(files), PREDICT_BATCH):  # one query per batch of files read
@@ -300,37 +294,40 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     from backends.http.server import serve_command
+    from blackbox_vp.classifier import PromptedBackend, load_classifier
 
-    return serve_command(**{key: value for key, value in vars(args).items() if key != "command"})
-
-
-METHODS_BESIDE_OPTIMIZERS = {  # --optimizer values that are not ask/tell searches: listed with the optimizers
-    "shadow": "ours: the prompt trained white-box on a local surrogate whose label adapter is fitted (KL) to the "
-              "target's answers, in rounds (--rounds, --epochs, --surrogate)",
-    "whitebox": "the gradient reference: the prompt trained with gradients through a local torch backend itself",
-}
+    options = {key: value for key, value in vars(args).items() if key not in ("command", "prompt")}
+    if args.prompt:  # the adapted classifier in front of the backend
+        classifier = load_classifier(args.prompt)
+        options.update(wrap=lambda model: PromptedBackend(classifier, model), name=args.name or "prompted")
+    return serve_command(**options)
 
 
 def run_list(args: argparse.Namespace) -> int:
-    listed = list(_registries()[args.what].describe())
-    if args.what == "optimizers":
-        listed = sorted(listed + list(METHODS_BESIDE_OPTIMIZERS.items()))
-    for name, description in listed:
+    """Each entry of a registry: its name, description and options (with their defaults)."""
+    registry = _registries()[args.what]
+    listed = registry.describe()
+    for name, description in sorted(listed) if args.what == "optimizers" else listed:
         print(f"{name:20s} {description}")
+        options = registry.options(name)
+        if options:
+            print(f"{'':20s} options: {', '.join(f'{key}={value!r}' for key, value in options.items())}")
+    if registry.fallback is not None:
+        print(f"{'(other)':20s} {registry.fallback.description}")
     return 0
 
 
 def resume_hint(args: argparse.Namespace, how: str = "") -> str:
     """How to go on after a run stopped, if it left a checkpoint; ``how``: what to change first."""
     directory = getattr(args, "resume", None) or getattr(args, "out", None)
-    if directory is None or not (Path(directory) / "checkpoint").exists():
+    if directory is None or not RunDirectory(directory).holds_run():
         return ""
     return f"; its last checkpoint is kept: {how}resume with `bbvp optimize --resume {directory}`"
 
 
-def backend_hint(args: argparse.Namespace, error: Exception) -> str:
+def backend_hint(args: argparse.Namespace, error: BackendError) -> str:
     """What to do after a backend failure: resume only where a resume can succeed, else what to change."""
-    status, message = getattr(error, "status", None), str(error)
+    status, message = error.status, str(error)
     if status is None or status in (408, 425, 429, 500, 502, 503, 504):  # no answer, or the server was busy
         return resume_hint(args, "once the server answers again, ")
     if status in (401, 403):
@@ -347,9 +344,6 @@ def backend_hint(args: argparse.Namespace, error: Exception) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from backends import BackendError
-    from backends.counting import BudgetExhausted
-    from blackbox_vp.disk import RunDirectoryError
     from blackbox_vp.run import RunInterrupted
 
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -14,8 +14,10 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from backends.errors import ConfigurationError
 
-def option(default: object, help: str) -> object:
+
+def option(default: typing.Any, help: str) -> typing.Any:
     return field(default=default, metadata={"help": help})
 
 
@@ -42,6 +44,13 @@ class RunConfig:
     optimizer: str = option("shadow", "method: 'shadow' (ours) trains the prompt white-box on a local surrogate fitted to "
                             "the target's answers; a black-box optimizer (`bbvp list optimizers`); or 'whitebox', the "
                             "gradient reference on a local torch model")
+    optimizer_options: str | None = option(None, "options of the optimizer, key=value,... with TOML values "
+                                           "(`bbvp list optimizers` shows each one's, e.g. 'sigma=0.3,popsize=20' "
+                                           "for cma)")
+    mapping_options: str | None = option(None, "options of the output mapping, key=value,... (`bbvp list mappings`, "
+                                         "e.g. 'labels_per_class=3' for multilabel, 'l2=0.1' for linear)")
+    loss_options: str | None = option(None, "options of the loss, key=value,... (`bbvp list losses`, e.g. "
+                                      "'gamma=1.0' for focal)")
     lr: float = option(0.05, "learning rate of the white-box reference (Adam on the prompt parameters)")
     surrogate: str = option("auto", "local white-box backend of the shadow method and the guided optimizer's prior: "
                             "'auto' takes EfficientNet-Lite1 (for guided: when the backend answers with ImageNet "
@@ -127,22 +136,22 @@ class RunConfig:
         for name, low in minimums.items():
             value = getattr(self, name)
             if value is not None and value < low:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+                raise ConfigurationError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
         if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"--jpeg-quality must be between 1 and 100 (leave it out for no JPEG), got {self.jpeg_quality}")
+            raise ConfigurationError(f"--jpeg-quality must be between 1 and 100 (leave it out for no JPEG), got {self.jpeg_quality}")
         if self.top_k_only is not None and self.label_only:
-            raise ValueError("--top-k-only and --label-only: choose one (--label-only is --top-k-only 1 without "
+            raise ConfigurationError("--top-k-only and --label-only: choose one (--label-only is --top-k-only 1 without "
                              "the probability)")
         if self.optimizer == "whitebox" and (self.top_k_only is not None or self.label_only):
-            raise ValueError("--optimizer whitebox takes gradients through the whole local model, so --top-k-only "
+            raise ConfigurationError("--optimizer whitebox takes gradients through the whole local model, so --top-k-only "
                              "and --label-only do not apply to it; use them with the shadow method or a search")
         for name in ("rate_limit", "image_rate_limit", "http_timeout"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+                raise ConfigurationError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not self.cost_per_image >= 0:
-            raise ValueError(f"--cost-per-image must be >= 0, got {self.cost_per_image}")
+            raise ConfigurationError(f"--cost-per-image must be >= 0, got {self.cost_per_image}")
         if not self.lr > 0:
-            raise ValueError(f"--lr must be a positive learning rate, got {self.lr}")
+            raise ConfigurationError(f"--lr must be a positive learning rate, got {self.lr}")
 
     @classmethod
     def help_lines(cls) -> dict[str, str]:
@@ -155,7 +164,7 @@ def field_type(annotation: object) -> type:
         annotation = eval(annotation, {}, {})  # dataclass annotations are strings under `from __future__`
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         return next(a for a in typing.get_args(annotation) if a is not type(None))
-    return annotation
+    return typing.cast(type, annotation)
 
 
 def setting_types() -> dict[str, type]:
@@ -163,27 +172,27 @@ def setting_types() -> dict[str, type]:
     return {f.name: field_type(f.type) for f in fields(RunConfig)}
 
 
-def read_config(path: str | Path) -> dict[str, object]:
+def read_config(path: str | Path) -> dict[str, typing.Any]:
     """The settings in a TOML file, checked: an unknown name or a value of the wrong type is an error naming both."""
     path = Path(path)
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
-        raise ValueError(f"cannot read config file {path}: {error.strerror or error}") from error
+        raise ConfigurationError(f"cannot read config file {path}: {error.strerror or error}") from error
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"config file {path} is not valid TOML: {error}") from error
+        raise ConfigurationError(f"config file {path} is not valid TOML: {error}") from error
     types_ = setting_types()
-    values: dict[str, object] = {}
+    values: dict[str, typing.Any] = {}
     for name, value in document.items():
         if name not in types_:
             hint = f"; did you mean {name.replace('-', '_')!r}?" if name.replace("-", "_") in types_ else ""
-            raise ValueError(f"config file {path}: unknown setting {name!r}{hint} (settings are the long options of "
+            raise ConfigurationError(f"config file {path}: unknown setting {name!r}{hint} (settings are the long options of "
                              "`bbvp optimize --help` with '_' for '-')")
         expected = types_[name]
         if expected is float and type(value) is int:
             value = float(value)
         if type(value) is not expected:
-            raise ValueError(f"config file {path}: {name} must be {_toml_kind(expected)}, got {value!r}")
+            raise ConfigurationError(f"config file {path}: {name} must be {_toml_kind(expected)}, got {value!r}")
         values[name] = value
     return values
 
@@ -196,7 +205,7 @@ def write_config(path: str | Path, config: RunConfig) -> None:
         value = getattr(config, f.name)
         if value is None:
             if f.default is not None:
-                raise ValueError(f"setting {f.name} is None but its default is {f.default!r}: it cannot be written")
+                raise ConfigurationError(f"setting {f.name} is None but its default is {f.default!r}: it cannot be written")
             continue
         lines.append(f"{f.name} = {_toml_value(value)}")
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -14,14 +14,15 @@ from __future__ import annotations
 import logging
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-
-from blackbox_vp.registry import Registry
+from backends.errors import ConfigurationError
+from backends.registry import Registry
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 MAX_PIXELS = 89_478_485
@@ -59,7 +60,7 @@ class Splits:
     test: Dataset
 
 
-TASKS: Registry[Dataset] = Registry("data set")
+TASKS: Registry[Callable[..., Dataset]] = Registry("data", given=("size", "seed"))
 
 
 def resize_images(images: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
@@ -82,7 +83,7 @@ def load_digits(size: tuple[int, int], seed: int = 0) -> Dataset:
     digits = sklearn_digits()
     grey = (digits.images * (255 / 16)).round().astype(np.uint8)
     rgb = np.repeat(grey[..., None], 3, axis=-1)
-    return Dataset("digits", resize_images(rgb, size, Image.NEAREST), digits.target.astype(np.int64),
+    return Dataset("digits", resize_images(rgb, size, Image.Resampling.NEAREST), digits.target.astype(np.int64),
                    [str(d) for d in range(10)])
 
 
@@ -98,7 +99,7 @@ def load_squares(size: tuple[int, int], seed: int = 0, count: int = 1800) -> Dat
             row, col = divmod(int(cell), 6)
             canvas[i, row * 6 + 1 : row * 6 + 5, col * 6 + 1 : col * 6 + 5] = 255
     rgb = np.repeat(canvas[..., None], 3, axis=-1)
-    return Dataset("squares", resize_images(rgb, size, Image.NEAREST), labels.astype(np.int64),
+    return Dataset("squares", resize_images(rgb, size, Image.Resampling.NEAREST), labels.astype(np.int64),
                    [str(k) for k in range(1, 11)])
 
 
@@ -135,7 +136,7 @@ def load_edges(size: tuple[int, int], seed: int = 0, count: int = 1800) -> Datas
         edge = {"top": (slice(0, 2), along), "bottom": (slice(38, 40), along),
                 "left": (along, slice(0, 2)), "right": (along, slice(38, 40))}[EDGES[label]]
         canvas[i][edge] = colour
-    return Dataset("edges", resize_images(canvas, size, Image.NEAREST), labels.astype(np.int64), list(EDGES))
+    return Dataset("edges", resize_images(canvas, size, Image.Resampling.NEAREST), labels.astype(np.int64), list(EDGES))
 
 
 # What load_folder converts, by kind: the keys of Dataset.conversions.
@@ -175,11 +176,11 @@ def read_rgb(path: Path, size: tuple[int, int], max_pixels: int, counts: Counter
         if getattr(image, "n_frames", 1) > 1:
             counts[FRAMES] += 1
         image.load()
-        oriented = image
+        oriented: Image.Image = image
         if image.getexif().get(0x0112, 1) in range(2, 9):  # the EXIF Orientation tag: 1 is upright
             oriented = ImageOps.exif_transpose(image)
             counts[ROTATED] += 1
-        return np.asarray(_to_rgb(oriented, counts).resize((size[1], size[0]), Image.BILINEAR))
+        return np.asarray(_to_rgb(oriented, counts).resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 
 def _to_rgb(image: Image.Image, counts: Counter[str]) -> Image.Image:
@@ -228,7 +229,7 @@ def load_folder(root: str | Path, size: tuple[int, int], max_pixels: int = MAX_P
         elif path.is_dir():
             class_dirs.append(path)
     if not class_dirs:
-        raise ValueError(f"data folder {root} has no class subfolders; expected {root}/<class>/<image>")
+        raise ConfigurationError(f"data folder {root} has no class subfolders; expected {root}/<class>/<image>")
     images, labels = [], []
     for label, class_dir in enumerate(class_dirs):
         files = []
@@ -240,7 +241,7 @@ def load_folder(root: str | Path, size: tuple[int, int], max_pixels: int = MAX_P
             else:
                 files.append(path)
         if not files:
-            raise ValueError(f"class folder {class_dir} holds no images (files ending in "
+            raise ConfigurationError(f"class folder {class_dir} holds no images (files ending in "
                              f"{', '.join(sorted(IMAGE_SUFFIXES))}); add some or remove the folder")
         if len(files) == 1:
             counts[ONE_IMAGE] += 1
@@ -250,9 +251,9 @@ def load_folder(root: str | Path, size: tuple[int, int], max_pixels: int = MAX_P
             try:
                 images.append(read_rgb(path, size, max_pixels, counts))
             except _Refused as error:
-                raise ValueError(f"cannot use image {path}: {error}. Remove or replace the file.") from None
+                raise ConfigurationError(f"cannot use image {path}: {error}. Remove or replace the file.") from None
             except Exception as error:  # Pillow raises many types for damaged files; any of them names the file
-                raise ValueError(f"cannot read image {path}: {type(error).__name__}: {error}. "
+                raise ConfigurationError(f"cannot read image {path}: {type(error).__name__}: {error}. "
                                  "Remove or replace the file.") from error
             labels.append(label)
     conversions = dict(sorted(counts.items()))
@@ -262,22 +263,23 @@ def load_folder(root: str | Path, size: tuple[int, int], max_pixels: int = MAX_P
                    conversions)
 
 
+def _folder_task(root: str, size: tuple[int, int], seed: int = 0) -> Dataset:
+    return load_folder(root, size)
+
+
+TASKS.set_fallback("an existing folder ROOT/<class>/<image> (your own images)", lambda name: Path(name).exists(),
+                   _folder_task)
+
+
 def load_task(name: str, size: tuple[int, int], seed: int = 0) -> Dataset:
     """A registered task by name, or an image folder if ``name`` is a directory path."""
-    if name in TASKS:
-        return TASKS.get(name)(size=size, seed=seed)
-    if Path(name).exists():
-        return load_folder(name, size)
-    raise ValueError(f"unknown data {name!r}: not one of {', '.join(TASKS.names())} and not an existing folder "
-                     "ROOT/<class>/<image>")
+    return TASKS.get(name)(size=size, seed=seed)
 
 
 def task_classes(name: str) -> list[str]:
     """A task's class names, in label order, without reading a folder's images (a zero-shot backend asks for them)."""
-    if name in TASKS:
-        return list(TASKS.get(name)(size=(8, 8), seed=0).classes)
     root = Path(name)
-    if root.is_dir():
+    if name not in TASKS.names() and root.is_dir():
         return [path.name for path in sorted(root.iterdir()) if path.is_dir() and not path.name.startswith(".")]
     return list(load_task(name, (8, 8)).classes)  # raises the error that names the task
 
@@ -289,9 +291,9 @@ def split(dataset: Dataset, train: int, val: int, test: int, seed: int, shots: i
     ``train`` of the rest, or exactly ``shots`` per class (k-shot) when ``shots`` is set.
     """
     if min(train, val, test) < 0:
-        raise ValueError(f"split sizes must be >= 0, got train={train} val={val} test={test}")
+        raise ConfigurationError(f"split sizes must be >= 0, got train={train} val={val} test={test}")
     if val + test + (shots or 0) * len(dataset.classes) > len(dataset) or val + test >= len(dataset):
-        raise ValueError(f"{dataset.name} has {len(dataset)} images: too few for val={val} + test={test} "
+        raise ConfigurationError(f"{dataset.name} has {len(dataset)} images: too few for val={val} + test={test} "
                          "plus training images; lower --val or --test")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(dataset))

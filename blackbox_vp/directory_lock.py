@@ -16,13 +16,10 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from backends.errors import DirectoryInUse
 from blackbox_vp.disk import writing
 
 RUN_LOCK, EXPERIMENT_LOCK = "run.lock", "experiment.lock"
-
-
-class DirectoryInUse(ValueError):
-    """Another process holds the directory's lock."""
 
 
 @contextmanager

@@ -8,16 +8,12 @@ never followed by its query.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-
-class RunDirectoryError(OSError):
-    """A file of the run directory could not be written; the message names it and the way out."""
-
-    def __str__(self) -> str:
-        return str(self.strerror)  # the message alone, without OSError's "[Errno N]"
+from backends.errors import RunDirectoryError
 
 
 @contextmanager
@@ -31,3 +27,25 @@ def writing(path: Path, what: str) -> Iterator[None]:
         reason = error.strerror or str(error)
         raise RunDirectoryError(error.errno, f"cannot write {what} {path}: {reason}; free space on that disk, or "
                                 "make the directory writable, or choose another --out") from error
+
+
+def replace_atomically(path: Path, data: bytes, what: str) -> None:
+    """Write ``data`` to ``path`` through a temporary file, synced, then renamed over it: a reader (or a crash)
+    sees the old file or the new one, never half of one. A failed write (a full disk) removes the temporary
+    file, leaves the old one, and raises :class:`RunDirectoryError` naming ``what``."""
+    temporary = path.with_name(path.name + ".tmp")
+    with writing(path, what):
+        try:
+            with open(temporary, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+        except OSError:
+            temporary.unlink(missing_ok=True)
+            raise
+        os.replace(temporary, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself reaches the disk
+        finally:
+            os.close(directory)

@@ -41,8 +41,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backends.errors import ConfigurationError
+from blackbox_vp.cell import run_cell
 from blackbox_vp.config import RunConfig, setting_types
 from blackbox_vp.directory_lock import EXPERIMENT_LOCK, hold_directory
+from blackbox_vp.optimizers import OPTIMIZERS
+from blackbox_vp.run_directory import RunDirectory
 
 TOP_LEVEL_KEYS = ("name", "description", "seeds", "budgets", "grid", "methods")
 RESERVED = {
@@ -72,22 +76,22 @@ def _unique(values: typing.Iterable) -> list:
 def _setting(path: Path, where: str, key: str, value: object) -> object:
     """One setting checked against RunConfig: a known field, not reserved, of the field's type."""
     if key in RESERVED:
-        raise ValueError(f"{path}: {where}: {key!r} cannot be set here; {RESERVED[key]}")
+        raise ConfigurationError(f"{path}: {where}: {key!r} cannot be set here; {RESERVED[key]}")
     if key not in FIELD_TYPES:
-        raise ValueError(f"{path}: {where}: unknown setting {key!r}; settings are RunConfig fields: "
+        raise ConfigurationError(f"{path}: {where}: unknown setting {key!r}; settings are RunConfig fields: "
                          f"{', '.join(k for k in FIELD_TYPES if k not in RESERVED)}")
     kind = FIELD_TYPES[key]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ValueError(f"{path}: {where}: {key} must be {kind.__name__}, got {value!r}")
+        raise ConfigurationError(f"{path}: {where}: {key} must be {kind.__name__}, got {value!r}")
     return value
 
 
 def _int_list(path: Path, key: str, value: object) -> list[int]:
     if (not isinstance(value, list) or not value or len(set(value)) != len(value)
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
-        raise ValueError(f"{path}: {key} must be a non-empty list of distinct integers, got {value!r}")
+        raise ConfigurationError(f"{path}: {key} must be a non-empty list of distinct integers, got {value!r}")
     return value
 
 
@@ -134,14 +138,20 @@ class Experiment:
                                quiet=True, out=str(out / "cells" / name))
             label = ", ".join(named + [f"{k}={v}" for k, v in axes.items() if k not in PANEL_KEYS])
             cells.append(Cell(name=name, method=label or config.optimizer, budget=budget, seed=seed, config=config,
-                              kind="white-box" if config.optimizer == "whitebox" else "black-box",
+                              kind="white-box" if _on_target_gradients(config.optimizer) else "black-box",
                               panel=", ".join(f"{k}={v}" for k, v in axes.items() if k in PANEL_KEYS)))
         names = [cell.name for cell in cells]
         if len(set(names)) != len(names):
             clash = next(n for n in names if names.count(n) > 1)
-            raise ValueError(f"{self.path}: two cells share the directory name {clash!r}; give the methods or axis "
+            raise ConfigurationError(f"{self.path}: two cells share the directory name {clash!r}; give the methods or axis "
                              "values names that differ in letters or digits")
         return cells
+
+
+def _on_target_gradients(optimizer: str) -> bool:
+    """Whether the method trains with the target's own gradients (the white-box reference)."""
+    method = OPTIMIZERS.factory_of(optimizer)
+    return method.needs_gradients and not method.trains_on_surrogate
 
 
 def load_experiment(path: Path) -> Experiment:
@@ -151,25 +161,25 @@ def load_experiment(path: Path) -> Experiment:
         try:
             raw = tomllib.load(handle)
         except tomllib.TOMLDecodeError as error:
-            raise ValueError(f"{path}: not valid TOML: {error}") from error
+            raise ConfigurationError(f"{path}: not valid TOML: {error}") from error
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
-            raise ValueError(f"{path}: unknown top-level key {key!r}; expected: {', '.join(TOP_LEVEL_KEYS)} "
+            raise ConfigurationError(f"{path}: unknown top-level key {key!r}; expected: {', '.join(TOP_LEVEL_KEYS)} "
                              "(run settings go in [grid] or [methods.NAME])")
     for key in ("name", "description"):
         if not isinstance(raw.get(key, ""), str):
-            raise ValueError(f"{path}: {key} must be a string, got {raw[key]!r}")
+            raise ConfigurationError(f"{path}: {key} must be a string, got {raw[key]!r}")
     for key in ("seeds", "budgets"):
         if key not in raw:
-            raise ValueError(f"{path}: missing {key} (a list of integers)")
+            raise ConfigurationError(f"{path}: missing {key} (a list of integers)")
     for key in ("grid", "methods"):
         if not isinstance(raw.get(key, {}), dict):
-            raise ValueError(f"{path}: {key} must be a table ([{key}]), got {raw[key]!r}")
+            raise ConfigurationError(f"{path}: {key} must be a table ([{key}]), got {raw[key]!r}")
     fixed, axes = {}, {}
     for key, value in raw.get("grid", {}).items():
         if isinstance(value, list):
             if not value or len(set(map(repr, value))) != len(value):
-                raise ValueError(f"{path}: [grid]: {key} must be a non-empty list of distinct values")
+                raise ConfigurationError(f"{path}: [grid]: {key} must be a non-empty list of distinct values")
             axes[key] = [_setting(path, "[grid]", key, v) for v in value]
         else:
             fixed[key] = _setting(path, "[grid]", key, value)
@@ -177,16 +187,16 @@ def load_experiment(path: Path) -> Experiment:
     for method, settings in raw.get("methods", {}).items():
         where = f"[methods.{json.dumps(method)}]"
         if not isinstance(settings, dict):
-            raise ValueError(f"{path}: {where} must be a table of settings")
+            raise ConfigurationError(f"{path}: {where} must be a table of settings")
         if not _slug(method):
-            raise ValueError(f"{path}: {where}: a method name needs a letter or digit")
+            raise ConfigurationError(f"{path}: {where}: a method name needs a letter or digit")
         for key in settings:
             if key in axes:
-                raise ValueError(f"{path}: {where} sets {key!r}, which [grid] lists as an axis; remove one of the two")
+                raise ConfigurationError(f"{path}: {where} sets {key!r}, which [grid] lists as an axis; remove one of the two")
         methods[method] = {key: _setting(path, where, key, value) for key, value in settings.items()}
     budgets = _int_list(path, "budgets", raw["budgets"])
     if min(budgets) < 1:
-        raise ValueError(f"{path}: budgets must be positive numbers of images, got {budgets}")
+        raise ConfigurationError(f"{path}: budgets must be positive numbers of images, got {budgets}")
     return Experiment(path=path, name=raw.get("name", path.stem), description=raw.get("description", ""),
                       seeds=_int_list(path, "seeds", raw["seeds"]), budgets=budgets, fixed=fixed, axes=axes,
                       methods=methods or {"": {}})
@@ -200,13 +210,12 @@ def default_out(config_path: Path) -> Path:
 
 def _settings_of(cell: Cell) -> dict | None:
     """The settings a cell's directory was run with (its config.toml, automatic sizes resolved), if any."""
-    path = cell.dir / "config.toml"
-    return tomllib.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    directory = RunDirectory(cell.dir)
+    return tomllib.loads(directory.config.read_text(encoding="utf-8")) if directory.config.exists() else None
 
 
 def is_finished(cell: Cell) -> bool:
-    path = cell.dir / "result.json"
-    return path.exists() and json.loads(path.read_text(encoding="utf-8")).get("status") == "finished"
+    return RunDirectory(cell.dir).is_finished()
 
 
 def check_cells_match(cells: list[Cell]) -> None:
@@ -219,33 +228,8 @@ def check_cells_match(cells: list[Cell]) -> None:
         for key, value in cell.config.to_dict().items():
             ran_with = stored.get(key, getattr(RunConfig, key))
             if key not in NOT_COMPARED_ON_RESUME and value is not None and ran_with != value:
-                raise ValueError(f"{cell.dir} was run with {key}={ran_with!r}, but the config now gives "
+                raise ConfigurationError(f"{cell.dir} was run with {key}={ran_with!r}, but the config now gives "
                                  f"{key}={value!r}; delete that directory to rerun the cell, or use another --out")
-
-
-def run_cell(config: RunConfig, threads: int) -> dict:
-    """Run one cell (in this process or a worker), or resume it from its checkpoint."""
-    import torch
-
-    from blackbox_vp.run import CHECKPOINT, optimize, resume
-
-    # building a local backend sets torch's threads again, from OMP_NUM_THREADS (else every core): set both
-    before = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    torch.set_num_threads(threads)
-    out = Path(config.out)
-    try:
-        if (out / CHECKPOINT).exists():
-            result = resume(out, quiet=True, device=config.device)
-        else:
-            result = optimize(config)
-    finally:  # a cell run in this process (--jobs 1) or in a reused worker leaves the environment as it was
-        if before is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = before
-    return {"test_accuracy": result.test_accuracy, "val_accuracy": result.val_accuracy,
-            "queries_used": result.queries_used, "seconds": result.seconds}
 
 
 @dataclass
@@ -277,7 +261,7 @@ def _check_ray() -> None:
     import importlib.util
 
     if importlib.util.find_spec("ray") is None:
-        raise ValueError("--ray needs Ray, an optional extra: pip install 'blackbox-vp[ray]'")
+        raise ConfigurationError("--ray needs Ray, an optional extra: pip install 'blackbox-vp[ray]'")
 
 
 def run_experiment(experiment: Experiment, out: Path, jobs: int = 1, device: str = "cpu", ray: str | None = None,
@@ -291,15 +275,15 @@ def run_experiment(experiment: Experiment, out: Path, jobs: int = 1, device: str
     import torch
 
     if jobs < 1:
-        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+        raise ConfigurationError(f"--jobs must be at least 1, got {jobs}")
     if threads is not None and threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {threads}")
+        raise ConfigurationError(f"--threads must be at least 1, got {threads}")
     if ray is not None:
         _check_ray()
         if ray_cpus < 1:
-            raise ValueError(f"--ray-cpus must be at least 1, got {ray_cpus}")
+            raise ConfigurationError(f"--ray-cpus must be at least 1, got {ray_cpus}")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
+        raise ConfigurationError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
     out = Path(out)
     with hold_directory(out, EXPERIMENT_LOCK):  # one experiment at a time in --out
         cells = experiment.cells(out, device)
@@ -372,7 +356,7 @@ class CellResult:
 
 def collect(cells: list[Cell]) -> list[CellResult]:
     """The finished cells, in grid order."""
-    return [CellResult(cell, json.loads((cell.dir / "result.json").read_text(encoding="utf-8")))
+    return [CellResult(cell, RunDirectory(cell.dir).read_result())
             for cell in cells if is_finished(cell)]
 
 
@@ -579,7 +563,7 @@ def report_experiment(experiment: Experiment, out: Path, jobs: int = 1, device: 
                       ray_cpus: int = 1) -> int:
     """Write the outputs from the cells finished so far, running none; 0 when every cell is finished."""
     if not (out / "cells").is_dir():
-        raise ValueError(f"{out}: no cells/ folder, so no cell of {experiment.path} has run there yet; "
+        raise ConfigurationError(f"{out}: no cells/ folder, so no cell of {experiment.path} has run there yet; "
                          "run the experiment first, or give the --out it ran with")
     cells = experiment.cells(out, device)
     check_cells_match(cells)

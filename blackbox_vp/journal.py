@@ -39,6 +39,7 @@ from typing import TextIO
 import numpy as np
 
 from backends.base import Backend, BackendWrapper
+from backends.errors import ConfigurationError
 from blackbox_vp.disk import writing
 
 PHASES = ("mapping", "optimization", "validation", "test", "surrogate")  # surrogate: the shadow method's local work
@@ -110,7 +111,7 @@ def read_journal(path: Path) -> list[dict]:
             try:
                 entries.append(json.loads(line))
             except (UnicodeDecodeError, json.JSONDecodeError) as error:
-                raise ValueError(
+                raise ConfigurationError(
                     f"{path}, line {number}, is damaged ({error}: {line[:80]!r}), so the images sent after the "
                     "last checkpoint cannot be counted. Mend that line by hand (a `send` line cut short: write it "
                     "out whole, with its images, so that they are counted), or delete the run directory to start "
@@ -212,5 +213,5 @@ class JournaledBackend(BackendWrapper):
 
     def retries(self) -> int:
         """Retries so far of the model below, if it reports them (0 otherwise)."""
-        stats = getattr(self.unwrap(), "stats", None)
-        return int(stats().get("retries", 0)) if callable(stats) else 0
+        stats = self.unwrap().stats()
+        return int(stats.get("retries", 0)) if stats else 0

@@ -6,11 +6,11 @@ from collections.abc import Callable
 
 import torch
 
+from backends.registry import Registry
 from blackbox_vp.mappings import EPSILON
-from blackbox_vp.registry import Registry
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-LOSSES: Registry[Loss] = Registry("loss")
+LOSSES: Registry[Callable[..., torch.Tensor]] = Registry("loss")
 
 
 @LOSSES.register("ce", "cross-entropy on the mapped class probabilities")

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from blackbox_vp.registry import Registry
+from backends.errors import ConfigurationError
+from backends.registry import Registry
 
 EPSILON = 1e-12
 
@@ -41,7 +42,8 @@ class OutputMapping(ABC):
         """Rebuild a fitted mapping from :meth:`state`."""
 
 
-MAPPINGS: Registry[OutputMapping] = Registry("output mapping")
+MAPPINGS: Registry[type[OutputMapping]] = Registry("output mapping", given=(  # what fitting sets, or a prompt file restores
+    "source_labels", "weight", "bias", "mean", "scale", "num_classes"))
 
 
 @MAPPINGS.register("frequency", "one source label per class, greedy one-to-one on top-1 counts (Tsai et al. 2020)")
@@ -54,7 +56,6 @@ class FrequencyMapping(OutputMapping):
     renormalized.
     """
 
-    name = "frequency"
 
     def __init__(self, source_labels: list[int] | None = None):
         self.source_labels = source_labels
@@ -63,7 +64,7 @@ class FrequencyMapping(OutputMapping):
         scores = torch.as_tensor(scores, dtype=torch.float64)
         num_labels = scores.shape[1]
         if num_classes > num_labels:
-            raise ValueError(f"a one-to-one mapping needs at least as many backend labels ({num_labels}) as "
+            raise ConfigurationError(f"a one-to-one mapping needs at least as many backend labels ({num_labels}) as "
                              f"classes ({num_classes})")
         top1 = scores.argmax(dim=1)
         table = np.zeros((num_classes, num_labels))
@@ -74,10 +75,10 @@ class FrequencyMapping(OutputMapping):
                 table[c] += scores[members].mean(dim=0).numpy()  # < 1: only breaks ties
         chosen = [0] * num_classes
         for _ in range(num_classes):
-            c, k = np.unravel_index(np.argmax(table), table.shape)
-            chosen[c] = int(k)
-            table[c, :] = -np.inf
-            table[:, k] = -np.inf
+            row, column = (int(index) for index in np.unravel_index(np.argmax(table), table.shape))
+            chosen[row] = column
+            table[row, :] = -np.inf
+            table[:, column] = -np.inf
         self.source_labels = chosen
         return self
 
@@ -100,7 +101,6 @@ class IterativeMapping(FrequencyMapping):
     """ILM-VP (Chen et al. 2023, Alg. 1): the frequency mapping recomputed as the prompt changes, here
     from the scores of the most recent optimization steps (already paid for) before each validation."""
 
-    name = "iterative"
     refit = True
 
 
@@ -109,7 +109,7 @@ def mapping_from_state(state: dict) -> OutputMapping:
     return MAPPINGS.get(state["type"]).from_state(state)
 
 
-@MAPPINGS.register("multilabel", "m source labels per class, probabilities averaged (BAR, Tsai et al. 2020); --labels-per-class")
+@MAPPINGS.register("multilabel", "m source labels per class, probabilities averaged (BAR, Tsai et al. 2020); --mapping-options labels_per_class=m (default 5)")
 class MultiLabelMapping(OutputMapping):
     """Each class owns ``m`` source labels, assigned greedily and disjointly by top-1 counts.
 
@@ -117,7 +117,6 @@ class MultiLabelMapping(OutputMapping):
     probabilities are those averages, renormalized.
     """
 
-    name = "multilabel"
 
     def __init__(self, labels_per_class: int = 5, source_labels: list[list[int]] | None = None):
         self.labels_per_class = labels_per_class
@@ -163,7 +162,6 @@ class LinearHeadMapping(OutputMapping):
     trains through it.
     """
 
-    name = "linear"
     searched_with = "frequency"
 
     def __init__(self, l2: float = 1e-2, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
@@ -221,7 +219,6 @@ class IdentityMapping(OutputMapping):
     given the class names): class probabilities are the scores, renormalized. Fitting only checks
     that K == C; it needs no scores beyond their shape."""
 
-    name = "identity"
 
     def __init__(self, num_classes: int | None = None):
         self.num_classes = num_classes
@@ -229,7 +226,7 @@ class IdentityMapping(OutputMapping):
     def fit(self, scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> IdentityMapping:
         num_labels = scores.shape[1]
         if num_labels != num_classes:
-            raise ValueError(f"the identity mapping needs as many backend labels as classes, got {num_labels} labels "
+            raise ConfigurationError(f"the identity mapping needs as many backend labels as classes, got {num_labels} labels "
                              f"for {num_classes} classes; use a zero-shot backend built from the class names, or "
                              "another mapping")
         self.num_classes = num_classes
@@ -239,7 +236,7 @@ class IdentityMapping(OutputMapping):
         if self.num_classes is None:
             raise RuntimeError("the identity mapping is not fitted yet")
         if scores.shape[1] != self.num_classes:
-            raise ValueError(f"the identity mapping was fitted for {self.num_classes} classes, got {scores.shape[1]} "
+            raise ConfigurationError(f"the identity mapping was fitted for {self.num_classes} classes, got {scores.shape[1]} "
                              "scores per image")
         return scores / scores.sum(dim=1, keepdim=True).clamp_min(EPSILON)
 

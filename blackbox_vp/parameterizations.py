@@ -14,7 +14,9 @@ from abc import ABC, abstractmethod
 import torch
 import torch.nn.functional as F
 
-from blackbox_vp.registry import Registry
+from backends.base import pixel_size
+from backends.errors import ConfigurationError
+from backends.registry import Registry
 
 
 class Parameterization(ABC):
@@ -23,7 +25,7 @@ class Parameterization(ABC):
     name: str
 
     def __init__(self, size: tuple[int, int]):
-        self.size = tuple(size)
+        self.size = pixel_size(size)
 
     @property
     @abstractmethod
@@ -47,12 +49,11 @@ class Parameterization(ABC):
         return type(self)(size, **options)
 
 
-PARAMETERIZATIONS: Registry[Parameterization] = Registry("parameterization")
+PARAMETERIZATIONS: Registry[type[Parameterization]] = Registry("parameterization")
 
 
 @PARAMETERIZATIONS.register("full", "one parameter per pixel and channel (3*H*W dimensions)")
 class FullResolution(Parameterization):
-    name = "full"
 
     def __init__(self, size: tuple[int, int]):
         super().__init__(size)
@@ -74,12 +75,11 @@ def upsample(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 @PARAMETERIZATIONS.register("grid", "a coarse g x g x 3 grid upsampled bilinearly to the canvas (--grid g)")
 class CoarseGrid(Parameterization):
-    name = "grid"
 
     def __init__(self, size: tuple[int, int], grid: int = 8):
         super().__init__(size)
         if grid < 1:
-            raise ValueError(f"grid must be >= 1, got {grid}")
+            raise ConfigurationError(f"grid must be >= 1, got {grid}")
         self.grid = grid
 
     @property
@@ -113,12 +113,11 @@ class LowFrequencyDCT(Parameterization):
     average over the pattern, as the grid and full parameterizations do.
     """
 
-    name = "dct"
 
     def __init__(self, size: tuple[int, int], k: int = 8):
         super().__init__(size)
         if not 1 <= k <= min(self.size):
-            raise ValueError(f"dct k must be between 1 and {min(self.size)} for a {self.size[0]}x{self.size[1]} "
+            raise ConfigurationError(f"dct k must be between 1 and {min(self.size)} for a {self.size[0]}x{self.size[1]} "
                              f"pattern, got {k}")
         self.k = k
         self.rows = dct_basis(self.size[0])[:k].float()  # (k, H)
@@ -148,14 +147,13 @@ class RandomSubspace(Parameterization):
     file) with entries N(0, 1/d), so a standard normal theta gives grid values of unit variance.
     """
 
-    name = "subspace"
 
     def __init__(self, size: tuple[int, int], dim: int = 100, seed: int = 0, grid: int = 16):
         super().__init__(size)
         if grid < 1:
-            raise ValueError(f"subspace grid must be >= 1, got {grid}")
+            raise ConfigurationError(f"subspace grid must be >= 1, got {grid}")
         if not 1 <= dim <= 3 * grid * grid:
-            raise ValueError(f"subspace dimension must be between 1 and {3 * grid * grid} (3*{grid}*{grid}), "
+            raise ConfigurationError(f"subspace dimension must be between 1 and {3 * grid * grid} (3*{grid}*{grid}), "
                              f"got {dim}")
         self.dim, self.seed, self.grid = dim, seed, grid
         generator = torch.Generator().manual_seed(seed)

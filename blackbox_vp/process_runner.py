@@ -18,7 +18,8 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
-from blackbox_vp.run import StopSignals
+from blackbox_vp.cell import run_cell
+from blackbox_vp.stop import StopSignals
 
 _stop_requested: Any = None  # in a worker: the experiment's multiprocessing Event, set when it is stopping
 
@@ -34,8 +35,6 @@ def _worker_started(stop_requested: Any) -> None:
 
 def _run_cell_in_worker(config: Any, threads: int) -> dict | None:
     """One cell, stopped by SIGINT like a run at a terminal; None, without running, once the experiment stops."""
-    from blackbox_vp.experiment import run_cell
-
     signal.signal(signal.SIGINT, signal.default_int_handler)  # before the check: a stop now is never missed
     try:
         if _stop_requested.is_set():

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from backends.errors import ConfigurationError
 from blackbox_vp.mappings import OutputMapping, mapping_from_state
 from blackbox_vp.parameterizations import PARAMETERIZATIONS
 from blackbox_vp.prompts import PROMPTS, Prompt
@@ -31,9 +32,9 @@ def load_prompt(path: Path) -> tuple[Prompt, np.ndarray, OutputMapping, dict]:
     try:
         document = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read prompt file {path}: {error}") from error
+        raise ConfigurationError(f"cannot read prompt file {path}: {error}") from error
     if document.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a blackbox-vp prompt file (format {document.get('format')!r}, "
+        raise ConfigurationError(f"{path} is not a blackbox-vp prompt file (format {document.get('format')!r}, "
                          f"expected {FORMAT!r})")
     config = dict(document["prompt"])
     canvas_size = tuple(config.pop("canvas_size"))
@@ -42,5 +43,5 @@ def load_prompt(path: Path) -> tuple[Prompt, np.ndarray, OutputMapping, dict]:
     prompt = PROMPTS.get(config.pop("type"))(canvas_size, parameterization=parameterization, **config)
     theta = np.asarray(document["theta"], dtype=np.float64)
     if len(theta) != prompt.dimension:
-        raise ValueError(f"{path}: theta has {len(theta)} values, the prompt needs {prompt.dimension}")
+        raise ConfigurationError(f"{path}: theta has {len(theta)} values, the prompt needs {prompt.dimension}")
     return prompt, theta, mapping_from_state(document["mapping"]), document.get("metadata", {})

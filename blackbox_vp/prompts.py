@@ -24,9 +24,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from backends.errors import ConfigurationError
+from backends.registry import Registry
 from blackbox_vp.parameterizations import PARAMETERIZATIONS, Parameterization
-from blackbox_vp.quantize import check_jpeg_quality, jpeg, jpeg_straight_through, quantize, to_uint8_nhwc
-from blackbox_vp.registry import Registry
+from blackbox_vp.quantize import (
+    check_jpeg_quality,
+    jpeg,
+    jpeg_straight_through,
+    quantize,
+    to_uint8_nhwc,
+)
 
 GREY = 127.5
 PLACEMENTS = ("shrink", "overlay")
@@ -137,7 +144,7 @@ def rounded_hwc(pixels: torch.Tensor) -> np.ndarray | None:
     return np.rint(np.clip(values, 0.0, 255.0)).astype(np.uint8).transpose(1, 2, 0)
 
 
-PROMPTS: Registry[Prompt] = Registry("prompt")
+PROMPTS: Registry[type[Prompt]] = Registry("prompt", given=("canvas_size", "parameterization", "jpeg_quality", "seed"))
 
 
 class FramedPrompt(Prompt):
@@ -151,10 +158,10 @@ class FramedPrompt(Prompt):
                  parameterization: Parameterization | None, jpeg_quality: int | None):
         height, wide = canvas_size
         if width < 1 or 2 * width >= min(height, wide):
-            raise ValueError(f"prompt width {width} does not fit a {height}x{wide} canvas: it must be between 1 "
+            raise ConfigurationError(f"prompt width {width} does not fit a {height}x{wide} canvas: it must be between 1 "
                              f"and {(min(height, wide) - 1) // 2}")
         if placement not in PLACEMENTS:
-            raise ValueError(f"unknown placement {placement!r}; choose one of: {', '.join(PLACEMENTS)}")
+            raise ConfigurationError(f"unknown placement {placement!r}; choose one of: {', '.join(PLACEMENTS)}")
         inner_size = (height - 2 * width, wide - 2 * width) if placement == "shrink" else (height, wide)
         super().__init__(canvas_size, inner_size, canvas_size, parameterization, jpeg_quality)
         self.width = width
@@ -163,8 +170,10 @@ class FramedPrompt(Prompt):
         border[:, width : height - width, width : wide - width] = 0.0
         self.border = border
 
-    #: whether each composed pixel is either the image's (inside the border) or the prompt's (on it)
-    separable = True
+    @property
+    def separable(self) -> bool:
+        """Whether each composed pixel is either the image's (inside the border) or the prompt's (on it)."""
+        return True
 
     def _paster(self, images: np.ndarray):
         if not self.separable or images.shape[1:] != (*self.inner_size, 3):
@@ -206,7 +215,6 @@ class FramedPrompt(Prompt):
 class PaddingPrompt(FramedPrompt):
     """The border pixels are the pattern (Bahng et al. 2022, *Exploring visual prompts*, sec. 3)."""
 
-    name = "padding"
 
     def __init__(self, canvas_size: tuple[int, int] = (224, 224), *, width: int = 32, placement: str = "shrink",
                  parameterization: Parameterization | None = None, jpeg_quality: int | None = None):
@@ -231,7 +239,6 @@ class FullFramePrompt(FramedPrompt):
     (overlay). ``width`` is the border of the shrunken image; ``"overlay"`` does not use it.
     """
 
-    name = "full-frame"
 
     def __init__(self, canvas_size: tuple[int, int] = (224, 224), *, width: int = 32, placement: str = "shrink",
                  parameterization: Parameterization | None = None, jpeg_quality: int | None = None):
@@ -256,7 +263,7 @@ class PatchPrompt(Prompt):
     def __init__(self, canvas_size: tuple[int, int], patch: int, parameterization: Parameterization | None,
                  jpeg_quality: int | None):
         if not 1 <= patch <= min(canvas_size):
-            raise ValueError(f"patch {patch} does not fit a {canvas_size[0]}x{canvas_size[1]} canvas: it must be "
+            raise ConfigurationError(f"patch {patch} does not fit a {canvas_size[0]}x{canvas_size[1]} canvas: it must be "
                              f"between 1 and {min(canvas_size)}")
         super().__init__(canvas_size, canvas_size, (patch, patch), parameterization, jpeg_quality)
         self.patch = patch
@@ -295,7 +302,6 @@ class PatchPrompt(Prompt):
 @PROMPTS.register("fixed-patch", "a learnable square in the top-left corner over the full-size image "
                   "(Bahng et al. 2022); --patch pixels")
 class FixedPatchPrompt(PatchPrompt):
-    name = "fixed-patch"
 
     def __init__(self, canvas_size: tuple[int, int] = (224, 224), *, patch: int = 48,
                  parameterization: Parameterization | None = None, jpeg_quality: int | None = None):
@@ -315,7 +321,6 @@ class RandomPatchPrompt(PatchPrompt):
     and white-box paths, repeated scoring, caching and ``bbvp evaluate`` all agree).
     """
 
-    name = "random-patch"
 
     def __init__(self, canvas_size: tuple[int, int] = (224, 224), *, patch: int = 48, seed: int = 0,
                  parameterization: Parameterization | None = None, jpeg_quality: int | None = None):

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from backends.errors import ConfigurationError
+
 JPEG_SUBSAMPLING = "4:2:0"  # Pillow's default chroma subsampling, fixed so that results do not depend on it
 
 
@@ -29,7 +31,7 @@ def to_uint8_nhwc(pixels: torch.Tensor) -> np.ndarray:
 
 def check_jpeg_quality(quality: int | None) -> None:
     if quality is not None and not 1 <= quality <= 100:
-        raise ValueError(f"JPEG quality must be between 1 and 100 (or None for no JPEG), got {quality}")
+        raise ConfigurationError(f"JPEG quality must be between 1 and 100 (or None for no JPEG), got {quality}")
 
 
 def jpeg(images: np.ndarray, quality: int) -> np.ndarray:

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from backends.errors import ConfigurationError
+from blackbox_vp.cell import run_cell
 from blackbox_vp.config import RunConfig
 
 
@@ -25,15 +27,13 @@ def _name_and_config(cell: Any) -> tuple[str, RunConfig]:
     """(name, config) of an experiment ``Cell`` (``.name``, ``.config``) or of a bare ``RunConfig``."""
     config = cell if isinstance(cell, RunConfig) else cell.config
     if not config.out:
-        raise ValueError("a cell run on Ray needs a run directory (config.out)")
+        raise ConfigurationError("a cell run on Ray needs a run directory (config.out)")
     name = getattr(cell, "name", None) or Path(config.out).name
     # absolute, so that the task finds the directory whatever its working directory
     return name, dataclasses.replace(config, out=str(Path(config.out).resolve()))
 
 
 def _run_cell(config: RunConfig, threads: int) -> dict:
-    from blackbox_vp.experiment import run_cell
-
     return run_cell(config, threads)
 
 

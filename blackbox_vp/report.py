@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from importlib import metadata
@@ -16,13 +15,10 @@ import numpy as np
 from PIL import Image
 
 from blackbox_vp.data import Dataset
-from blackbox_vp.disk import writing
-from blackbox_vp.journal import json_safe
 from blackbox_vp.mappings import OutputMapping
 from blackbox_vp.prompt_file import save_prompt
 from blackbox_vp.prompts import Prompt
-
-RESULT, PROMPT, PROMPT_PICTURE, EXAMPLES, CURVE = "result.json", "prompt.json", "prompt.png", "examples.png", "curve.png"
+from blackbox_vp.run_directory import CURVE, EXAMPLES, PROMPT, PROMPT_PICTURE, RunDirectory
 
 
 def versions() -> dict[str, str]:
@@ -45,28 +41,20 @@ def machine(device: str) -> dict[str, object]:
             "cpu_count": os.cpu_count(), "device": device, "device_name": name}
 
 
-def write_result(out: Path, summary: dict) -> None:
-    """result.json, replaced atomically so a reader never sees half of it."""
-    temporary = out / (RESULT + ".tmp")
-    with writing(out / RESULT, "result"):
-        temporary.write_text(json.dumps(json_safe(summary), indent=2) + "\n", encoding="utf-8")
-        os.replace(temporary, out / RESULT)
-
-
-def write_run(out: Path, summary: dict, prompt: Prompt, theta: np.ndarray, mapping: OutputMapping, test: Dataset,
-              predicted: np.ndarray, losses: list[tuple[int, float]]) -> None:
+def write_run(directory: RunDirectory, summary: dict, prompt: Prompt, theta: np.ndarray, mapping: OutputMapping,
+              test: Dataset, predicted: np.ndarray, losses: list[tuple[int, float]]) -> None:
     """Everything a finished run writes; ``predicted`` are the classes of the first test images."""
     from blackbox_vp.plots import plot_curve, plot_examples
 
-    save_prompt(out / PROMPT, prompt, theta, mapping,
+    save_prompt(directory.file(PROMPT), prompt, theta, mapping,
                 {"val_accuracy": summary["val_accuracy"], "test_accuracy": summary["test_accuracy"],
                  "data": summary["data"], "backend": summary["backend"], "classes": test.classes})
-    save_prompt_picture(out / PROMPT_PICTURE, prompt, theta, test.images[:4])
+    save_prompt_picture(directory.file(PROMPT_PICTURE), prompt, theta, test.images[:4])
     shown = test.images[: len(predicted)]
-    plot_examples(out / EXAMPLES, prompt.apply(theta, shown), [test.classes[c] for c in test.labels[: len(shown)]],
+    plot_examples(directory.file(EXAMPLES), prompt.apply(theta, shown), [test.classes[c] for c in test.labels[: len(shown)]],
                   [test.classes[c] for c in predicted])
-    plot_curve(out / CURVE, losses, summary["history"], summary["baseline_val_accuracy"])
-    write_result(out, summary)
+    plot_curve(directory.file(CURVE), losses, summary["history"], summary["baseline_val_accuracy"])
+    directory.write_result(summary)
 
 
 def save_prompt_picture(path: Path, prompt: Prompt, theta: np.ndarray, images: np.ndarray) -> None:

@@ -26,48 +26,69 @@ valid). One process at a time works in a run directory (:mod:`blackbox_vp.direct
 from __future__ import annotations
 
 import copy
-import signal
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from backends import (Backend, BackendWrapper, CachingBackend, CountingBackend, LabelOnlyBackend, TopKBackend,
-                      make_backend)
+from backends import (
+    Backend,
+    BackendWrapper,
+    CachingBackend,
+    CountingBackend,
+    LabelOnlyBackend,
+    TopKBackend,
+    make_backend,
+)
+from backends.base import pixel_size
+from backends.errors import ConfigurationError
 from backends.http import HTTP_OPTIONS, is_url
 from blackbox_vp.checkpoint import load_checkpoint, save_checkpoint
-from blackbox_vp.config import RunConfig, read_config, write_config
+from blackbox_vp.config import RunConfig
 from blackbox_vp.data import Splits, task_classes
-from blackbox_vp.directory_lock import RUN_LOCK, hold_directory
-from blackbox_vp.disk import writing
 from blackbox_vp.journal import Journal, JournaledBackend, Ledger, read_journal
-from blackbox_vp.losses import LOSSES, Loss
+from blackbox_vp.losses import Loss
 from blackbox_vp.mappings import MAPPINGS, OutputMapping
-from blackbox_vp.optimizers import Optimizer, make_optimizer
+from blackbox_vp.optimizers import OPTIMIZERS, Optimizer, make_optimizer
+from blackbox_vp.optimizers.whitebox import Whitebox, torch_model_of
 from blackbox_vp.prompts import Prompt
-from blackbox_vp.report import machine, versions, write_result, write_run
-from blackbox_vp.run_setup import BudgetPlan, Plan, ShadowPlan, build_prompt, load_splits, resolve, shadow_model, surrogate_prior
+from blackbox_vp.report import machine, versions, write_run
+from blackbox_vp.run_directory import RunDirectory
+from blackbox_vp.run_setup import (
+    BudgetPlan,
+    Plan,
+    ShadowPlan,
+    build_prompt,
+    load_splits,
+    loss_of,
+    resolve,
+    shadow_model,
+    surrogate_prior,
+)
 from blackbox_vp.run_state import FinalScores, RunState, ShadowState, StepRecord
+from blackbox_vp.scoring import (
+    ScoreBuffer,
+    correct_count,
+    cross_validated_correct,
+    mapped_accuracy,
+    score,
+)
 from blackbox_vp.shadow import ShadowModel
 from blackbox_vp.shadow_phases import ShadowPhases
-from blackbox_vp.scoring import ScoreBuffer, correct_count, cross_validated_correct, mapped_accuracy, score
-from blackbox_vp.whitebox import Whitebox, torch_model_of
+from blackbox_vp.stop import StopRequest
 
-CONFIG, JOURNAL, CHECKPOINT = "config.toml", "journal.jsonl", "checkpoint"
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # what stops a run after its step
 EXAMPLE_IMAGES = 8  # test images shown in examples.png
 HEAD_FOLDS = 5  # cross-validation folds that judge the head stage: the i-th mapping image drawn is in fold i mod 5
 CHUNK = 256  # images per query when a phase scores many; each answered query goes into the checkpoint
 # Settings a resumed run may change, since they do not change what it computes; the others are the run's.
-RESUME_CHANGES = ("quiet", "jsonl", "device", "http_max_batch", "http_concurrency", "http_timeout", "http_attempts",
-                  "rate_limit", "image_rate_limit", "token_env", "token_file", "torchserve_key_file", "token_header",
-                  "tls_verify", "cache")
 
 
 @dataclass
@@ -122,41 +143,6 @@ class RunInterrupted(KeyboardInterrupt):
         return RunInterrupted, (self.result, self.out)  # pickles across processes (experiment workers)
 
 
-class StopSignals:
-    """While active, SIGINT and SIGTERM call :meth:`_handle`; the old handlers come back after.
-
-    Installed only in the main thread, where Python delivers signals.
-    """
-
-    def __enter__(self) -> StopSignals:
-        self._previous: dict[int, object] = {}
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {number: signal.signal(number, self._handle) for number in STOP_SIGNALS}
-        return self
-
-    def __exit__(self, *exception: object) -> None:
-        for number, previous in self._previous.items():  # None: a handler not set from Python; Python's own then
-            default = signal.default_int_handler if number == signal.SIGINT else signal.SIG_DFL
-            signal.signal(number, previous if previous is not None else default)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        raise NotImplementedError
-
-
-class StopRequest(StopSignals):
-    """Ctrl-C (SIGINT) or SIGTERM: the first asks the run to stop after the current step, a second stops it at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nbbvp: stopping after this step (Ctrl-C again stops at once; the last checkpoint stays valid)",
-              file=sys.stderr, flush=True)
-
-
 # The run --------------------------------------------------------------------------------------------
 class Run:
     """A run in progress: what is rebuilt from the configuration, and the :class:`RunState` that is saved."""
@@ -166,14 +152,20 @@ class Run:
                  shadow_model: ShadowModel | None = None):
         self.config, self.prompt, self.splits, self.plan, self.loss_fn = config, prompt, splits, plan, loss_fn
         self.state, self.out, self.journal, self.stop = state, out, journal, stop
+        self.directory = RunDirectory(out) if out is not None else None
         self.journaled = JournaledBackend(model, journal, state.ledger)
         self.learning = CountingBackend(self.journaled, budget=config.budget)
         self.learning.images_sent = state.ledger.learning_images
-        self.torch_model = torch_model_of(model) if config.optimizer == "whitebox" else None
-        method = (ShadowPhases(self, shadow_model, plan).table() if shadow_model is not None
-                  else {"optimization": self.search, "head": self.refit_head})
+        trains = OPTIMIZERS.factory_of(config.optimizer)
+        self.torch_model = (torch_model_of(model) if trains.needs_gradients and not trains.trains_on_surrogate
+                            else None)
+        if shadow_model is not None:
+            assert isinstance(plan, ShadowPlan)
+            method = ShadowPhases(self, shadow_model, plan).table()
+        else:
+            method = {"optimization": self.search, "head": self.refit_head}
         self.phases = {"mapping": self.fit_mapping, "baseline": self.validate_baseline, **method, "test": self.test}
-        self.reports_retries = callable(getattr(self.journaled.unwrap(), "stats", None))
+        self.reports_retries = self.journaled.unwrap().stats() is not None  # a remote backend's traffic
         self.seconds_before, self.session_started = state.seconds, time.perf_counter()
         self.progress = tqdm(total=config.budget, initial=self.learning.images_sent, unit="img",
                              desc=config.optimizer, disable=config.quiet, dynamic_ncols=True)
@@ -193,7 +185,7 @@ class Run:
         result = self.result("finished")
         if self.out is not None:
             best = state.selection
-            write_run(self.out, result.summary(), self.prompt, best.best_theta, best.best_mapping, self.splits.test,
+            write_run(self.directory, result.summary(), self.prompt, best.best_theta, best.best_mapping, self.splits.test,
                       state.test.predicted, state.losses)
         self.journal.write("end", time=now(), queries_used=result.queries_used, test_accuracy=result.test_accuracy)
         return result
@@ -203,8 +195,8 @@ class Run:
 
     def checkpoint(self) -> None:
         self.state.seconds = self.elapsed()
-        if self.out is not None:
-            save_checkpoint(self.out / CHECKPOINT, self.state)
+        if self.directory is not None:
+            save_checkpoint(self.directory.checkpoint, self.state)
 
     def show(self, loss: float | None = None) -> None:
         """Progress bar: images used of the budget, best validation accuracy, loss, retries (HTTP)."""
@@ -311,15 +303,15 @@ class Run:
     def step(self, batch: np.ndarray) -> tuple[float, float]:
         """One optimization step on a minibatch: (mean loss, training accuracy) over its candidates."""
         state, train = self.state, self.splits.train
-        if isinstance(state.optimizer, Whitebox):
+        if state.optimizer.needs_gradients:  # the white-box reference: forwards and backwards, no queries
             self.learning.charge(len(batch))  # forwards count like queries
             self.journaled.announce(len(batch))
-            loss, scores = state.optimizer.step(self.torch_model, self.prompt, state.mapping, self.loss_fn,
+            loss, scores = cast(Whitebox, state.optimizer).step(self.torch_model, self.prompt, state.mapping, self.loss_fn,
                                                 train.images[batch], train.labels[batch])
             labels = torch.from_numpy(train.labels[batch])
             probabilities = state.mapping.probabilities(scores.double())
         else:
-            scores, labels, probabilities, loss = self.query_step(state.optimizer, batch)
+            scores, labels, probabilities, loss = self.query_step(cast(Optimizer, state.optimizer), batch)
         state.buffer.add(scores, labels)
         return loss, float((probabilities.argmax(dim=1) == labels).double().mean())
 
@@ -348,7 +340,9 @@ class Run:
         costs the validation's images, not the step's as well.
         """
         state, learning = self.state, self.learning
-        room = self.plan.step_images + self.plan.val + self.plan.head_stage  # a last validation, the head
+        plan = self.plan
+        assert isinstance(plan, BudgetPlan)  # the searches' plan
+        room = plan.step_images + plan.val + plan.head_stage  # a last validation, the head
         with state.ledger.during("optimization"):
             if state.pending is not None:  # the last run stopped in this step's validation
                 self.close_step()
@@ -448,8 +442,8 @@ class Run:
         state, selection, val = self.state, self.state.selection, self.splits.val
         if state.head is None:
             best = selection.best_theta
-            searched = best is not None and not np.array_equal(best, self.prompt.initial())
-            state.kept = {"prompt": "searched" if searched else "initial",
+            moved = best is not None and not np.array_equal(best, self.prompt.initial())
+            state.kept = {"prompt": "searched" if moved else "initial",
                           "why": f"best on validation under the {self.config.mapping} mapping "
                                  f"({selection.best_val:.4f}; the initial prompt {selection.baseline_val:.4f})"}
         else:
@@ -516,8 +510,8 @@ class Run:
     def interrupt(self) -> RunResult:
         """After Ctrl-C: the checkpoint is current; write a partial result.json and raise RunInterrupted."""
         result = self.result("interrupted")
-        if self.out is not None:
-            write_result(self.out, result.summary())
+        if self.directory is not None:
+            self.directory.write_result(result.summary())
         self.journal.write("interrupted", time=now(), step=self.state.steps, images=result.queries_used)
         raise RunInterrupted(result, self.out)
 
@@ -537,7 +531,7 @@ class Run:
             seeds=seeds, versions=versions(), machine=machine(config.device), config=config.to_dict(),
             history=selection.history, budget_plan=state.budget_plan, adjustments=dict(state.adjustments),
             kept=state.kept, theta=selection.best_theta,
-            backend_stats=self.journaled.unwrap().stats() if self.reports_retries else None,
+            backend_stats=self.journaled.unwrap().stats(),
             cache=self.cache_counts())
 
     def cache_counts(self) -> dict | None:
@@ -549,7 +543,7 @@ class Run:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # Entry points ---------------------------------------------------------------------------------------
@@ -567,13 +561,9 @@ def resume(out: str | Path, backend: Backend | None = None, **changes: object) -
     ``changes`` may set quiet, jsonl and device; everything else is the run's own.
     """
     out = Path(out)
-    if not (out / CONFIG).is_file():
-        raise FileNotFoundError(f"--resume {out}: no {CONFIG} there; give the --out directory of a `bbvp optimize` run")
-    for name in changes:
-        if name not in RESUME_CHANGES:
-            raise ValueError(f"--{name.replace('_', '-')} cannot change when resuming: the run in {out} keeps the "
-                             f"settings of its {CONFIG}; only {', '.join('--' + n for n in RESUME_CHANGES)} may")
-    saved = read_config(out / CONFIG)
+    directory = RunDirectory(out)
+    directory.refuse_changed_settings(changes)
+    saved = directory.settings()
     config = RunConfig(**{**saved, **changes, "out": str(out)})
     return _execute(config, backend, resuming=True, changed={name: value for name, value in changes.items()
                                                              if saved.get(name, getattr(RunConfig, name)) != value})
@@ -646,22 +636,25 @@ def answers_as_configured(model: Backend, config: RunConfig) -> Backend:
 
 def _build_and_run(config: RunConfig, model: Backend, failures: FailureLog | None, resuming: bool,
                    changed: dict) -> RunResult:
-    canvas_size = tuple(model.image_size)
+    canvas_size = pixel_size(model.image_size)
     prompt = build_prompt(config, canvas_size)
-    loss_fn = LOSSES.get(config.loss)
-    mapping: OutputMapping = MAPPINGS.get(config.mapping)()
+    loss_fn = loss_of(config)
+    mapping: OutputMapping = MAPPINGS.get(config.mapping)(
+        **MAPPINGS.parse_options(config.mapping, config.mapping_options, "--mapping-options"))
     head = None
     if mapping.searched_with:  # e.g. the linear head: search with another mapping, refit the head at the end
         head, mapping = mapping, MAPPINGS.get(mapping.searched_with)()
-    whitebox, shadow = config.optimizer == "whitebox", config.optimizer == "shadow"
+    method = OPTIMIZERS.factory_of(config.optimizer)
+    gradients, shadow = method.needs_gradients, method.trains_on_surrogate
     local = shadow_model(config, list(model.labels)) if shadow else None
-    if whitebox or shadow:
+    if gradients:
         torch_model = local.surrogate if shadow else torch_model_of(model)
         torch_model.model.requires_grad_(False)
-        optimizer: Optimizer | Whitebox = Whitebox(prompt.initial(), config.lr, torch_model.device)
+        optimizer: Optimizer | Whitebox = method(prompt.initial(), config.lr, torch_model.device)
         candidates = 1
     else:
-        optimizer = make_optimizer(config.optimizer, prompt.initial(), seed=config.seed)
+        optimizer = make_optimizer(config.optimizer, prompt.initial(), seed=config.seed, **OPTIMIZERS.parse_options(
+            config.optimizer, config.optimizer_options, "--optimizer-options"))
         candidates = optimizer.candidates_per_step
     if shadow:
         splits, plan = load_splits(config, prompt, lambda data: ShadowPlan.make(config, len(data), len(data.classes)))
@@ -669,18 +662,18 @@ def _build_and_run(config: RunConfig, model: Backend, failures: FailureLog | Non
         splits, plan = load_splits(config, prompt, lambda data: BudgetPlan.make(
             config, len(data), len(data.classes), candidates, head_stage=head is not None))
     config = resolve(config, canvas_size, splits, plan)
-    prior = surrogate_prior(config, prompt, mapping, splits, list(model.labels)) if hasattr(optimizer, "prior") else None
+    prior = surrogate_prior(config, prompt, mapping, splits, list(model.labels)) if optimizer.accepts_prior else None
 
     out = Path(config.out) if config.out else None
-    with hold_directory(out, RUN_LOCK):  # from before the checkpoint is read: one process at a time in a run
+    directory = RunDirectory(out) if out is not None else None
+    with directory.lock() if directory is not None else nullcontext():  # before the checkpoint is read: one process
         state = None
-        if out is not None:
-            if resuming and (out / CHECKPOINT).exists():
-                state = load_checkpoint(out / CHECKPOINT)
-                check_same_run(state.config, config, out)
-            elif not resuming and (out / CHECKPOINT).exists():
-                raise ValueError(f"--out {out} already holds a run; continue it with `bbvp optimize --resume {out}`, "
-                                 "or choose another --out")
+        if directory is not None and directory.holds_run():
+            if not resuming:
+                raise ConfigurationError(f"--out {out} already holds a run; continue it with `bbvp optimize --resume "
+                                         f"{out}`, or choose another --out")
+            state = load_checkpoint(directory.checkpoint)
+            directory.check_same_run(state.config, config)
         if state is None:
             state = RunState(config=config.to_dict(), phase="mapping", rng=np.random.default_rng(config.seed),
                              optimizer=optimizer, mapping=mapping, head=head, buffer=ScoreBuffer(plan.mapping),
@@ -690,26 +683,24 @@ def _build_and_run(config: RunConfig, model: Backend, failures: FailureLog | Non
         if prior is not None:
             prior.mapping, prior.rng = state.mapping, state.prior_rng
             state.optimizer.prior = prior.direction
-        if whitebox or shadow:
+        if gradients:
             state.optimizer.to(torch_model.device)
         if shadow:
             local.adapter = state.shadow.adapter  # the adapter fitted so far, after a resume
 
-        lost = count_lost_images(state, out / JOURNAL) if resuming else 0
-        journal = Journal(out / JOURNAL if out else None, echo=sys.stdout if config.jsonl else None, append=resuming)
+        lost = count_lost_images(state, directory.journal) if resuming and directory is not None else 0
+        journal = Journal(directory.journal if directory is not None else None, echo=sys.stdout if config.jsonl else None, append=resuming)
         if failures is not None:
             failures.attach(journal)
         try:
             if resuming:
-                if changed:  # settings that do not change what the run computes; the next resume keeps them
-                    with writing(out / CONFIG, "settings"):
-                        write_config(out / CONFIG, config)
+                if changed and directory is not None:  # settings that do not change what the run computes
+                    directory.write_settings(config)  # the next resume keeps them
                 journal.write("resume", time=now(), phase=state.phase, step=state.steps, images_lost=lost,
                               images=state.ledger.learning_images, changed=changed)
             else:
-                if out is not None:
-                    with writing(out / CONFIG, "settings"):
-                        write_config(out / CONFIG, config)
+                if directory is not None:
+                    directory.write_settings(config)
                 journal.write("start", time=now(), budget=config.budget, step_images=plan.step_images,
                               plan=plan.to_dict())
             with StopRequest() as stop:
@@ -734,14 +725,3 @@ def count_lost_images(state: RunState, journal: Path) -> int:
     state.resumes = 1 + sum(entry.get("event") == "resume" for entry in entries)
     state.ledger.restart_clock()
     return lost
-
-
-def check_same_run(saved: dict, config: RunConfig, out: Path) -> None:
-    """The checkpoint was made with the settings now in config.toml (but for the ones a resume may change)."""
-    current = config.to_dict()
-    changed = [name for name, value in saved.items()
-               if name not in (*RESUME_CHANGES, "out") and current.get(name) != value]
-    if changed:
-        listing = ", ".join(f"{name} = {saved[name]!r} (now {current.get(name)!r})" for name in changed)
-        raise ValueError(f"{out / CONFIG} was changed after the run started: {listing}; put the values back to "
-                         "resume, or start a new run with another --out")

@@ -4,18 +4,21 @@ surrogate prior, each from the run's :class:`RunConfig`; errors name the option 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from backends import make_backend
+from backends.errors import ConfigurationError
 from blackbox_vp.config import RunConfig
 from blackbox_vp.data import Dataset, Splits, load_task, split
-from blackbox_vp.losses import LOSSES
+from blackbox_vp.losses import LOSSES, Loss
 from blackbox_vp.mappings import OutputMapping
+from blackbox_vp.optimizers import OPTIMIZERS
 from blackbox_vp.optimizers.guided import LADDER, RANDOM_DIRECTIONS
 from blackbox_vp.parameterizations import PARAMETERIZATIONS
 from blackbox_vp.prompts import PROMPTS, Prompt
@@ -31,7 +34,7 @@ def prompt_sizes(config: RunConfig, canvas_size: tuple[int, int]) -> tuple[int, 
 
 def parameterization_of(config: RunConfig) -> str:
     """As set, else 'full' for the shadow method (its gradients are free) and 'grid' for a black-box search."""
-    return config.parameterization or ("full" if config.optimizer == "shadow" else "grid")
+    return config.parameterization or ("full" if OPTIMIZERS.factory_of(config.optimizer).trains_on_surrogate else "grid")
 
 
 def build_prompt(config: RunConfig, canvas_size: tuple[int, int]) -> Prompt:
@@ -42,17 +45,24 @@ def build_prompt(config: RunConfig, canvas_size: tuple[int, int]) -> Prompt:
     width, patch = prompt_sizes(config, canvas_size)
     height, wide = canvas_size
     if config.prompt in ("padding", "full-frame") and not 2 * width < min(canvas_size):
-        raise ValueError(f"--width {width} is too wide for the model's {height}x{wide} input: a border leaves no image; "
+        raise ConfigurationError(f"--width {width} is too wide for the model's {height}x{wide} input: a border leaves no image; "
                          f"use --width {(min(canvas_size) - 1) // 2} or less")
     if config.prompt in ("fixed-patch", "random-patch") and not patch <= min(canvas_size):
-        raise ValueError(f"--patch {patch} is larger than the model's {height}x{wide} input; use --patch "
+        raise ConfigurationError(f"--patch {patch} is larger than the model's {height}x{wide} input; use --patch "
                          f"{min(canvas_size)} or less")
-    prompt_options = {"padding": {"width": width, "placement": config.placement},
+    prompt_options: dict[str, dict[str, Any]] = {"padding": {"width": width, "placement": config.placement},
                       "full-frame": {"width": width, "placement": config.placement},
                       "fixed-patch": {"patch": patch},
                       "random-patch": {"patch": patch, "seed": config.seed}}
     return PROMPTS.get(config.prompt)(canvas_size, parameterization=parameterization,
                                       jpeg_quality=config.jpeg_quality, **prompt_options.get(config.prompt, {}))
+
+
+def loss_of(config: RunConfig) -> Loss:
+    """The configured loss with its ``--loss-options``."""
+    loss = LOSSES.get(config.loss)
+    options = LOSSES.parse_options(config.loss, config.loss_options, "--loss-options")
+    return functools.partial(loss, **options) if options else loss
 
 
 DEFAULT_BATCH = 32  # training images per candidate in a step, where the budget has room for it
@@ -86,9 +96,20 @@ class Plan:
     and a refusal of a budget below it that names the smallest budget these settings work with."""
 
     explicit: ClassVar[tuple[str, ...]] = ()  # the settings a refusal names: left out, they follow the budget
+    # The sizes both plans give (images; ``step_images``: what one step or round sends).
+    budget: int
+    train: int
+    val: int
+    test: int
+    mapping: int
+    validations: int
+    batch_size: int
+    step_images: int
+    validation_every: float
+    why: dict[str, str]
 
     @classmethod
-    def make(cls, config: RunConfig, total: int, num_classes: int, *options: object, **named: object) -> Plan:
+    def make(cls, config: RunConfig, total: int, num_classes: int, *options: Any, **named: Any) -> Plan:
         """The plan for ``config`` on a data set of ``total`` images; refuses a budget it cannot split.
         ``options``, ``named``: what else the plan's sizes follow (BudgetPlan: the candidates a step scores)."""
         plan = cls._sizes(config, config.budget, total, num_classes, *options, **named)
@@ -98,14 +119,14 @@ class Plan:
                    else "no budget up to 1,000,000 images fits these settings")
             explicit = [f"--{name.replace('_', '-')} {getattr(config, name)}" for name in cls.explicit
                         if getattr(config, name) is not None]
-            raise ValueError(f"--budget {config.budget} is too small{plan.shortfall()}; {fix}"
+            raise ConfigurationError(f"--budget {config.budget} is too small{plan.shortfall()}; {fix}"
                              + (f", or drop or lower {', '.join(explicit)} (left out, they follow the budget)"
                                 if explicit else ""))
         return plan
 
     @classmethod
-    def smallest_budget(cls, config: RunConfig, total: int, num_classes: int, *options: object,
-                        largest: int = 1_000_000, **named: object) -> int | None:
+    def smallest_budget(cls, config: RunConfig, total: int, num_classes: int, *options: Any,
+                        largest: int = 1_000_000, **named: Any) -> int | None:
         """The smallest budget these settings give a run with (None if none up to ``largest``).
 
         Scanned one image at a time: what a budget needs is not monotone in it (one more validation pass
@@ -117,8 +138,12 @@ class Plan:
         return None
 
     @classmethod
-    def _sizes(cls, config: RunConfig, budget: int, total: int, num_classes: int, *options: object,
-               **named: object) -> Plan:
+    def _sizes(cls, config: RunConfig, budget: int, total: int, num_classes: int, *options: Any,
+               **named: Any) -> Plan:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        """The sizes and their reasons, for the journal and result.json."""
         raise NotImplementedError
 
     @property
@@ -193,7 +218,7 @@ class BudgetPlan(Plan):
         return self.budget - self.mapping - (self.validations + 1) * self.val - self.head_stage
 
     @property
-    def validation_every(self) -> float:
+    def validation_every(self) -> float:  # type: ignore[override]  # read-only here, a class constant in ShadowPlan
         return max(self.optimization / self.validations, self.step_images)
 
     def shortfall(self) -> str:
@@ -250,7 +275,7 @@ class ShadowPlan(Plan):
         round_images, step_images = mapping + val, CORRECTION_CANDIDATES * batch
         correction = config.correction_images or 0  # images set aside for the correction's steps
         if 0 < correction < step_images:
-            raise ValueError(f"--correction-images {correction} holds no correction step: a step scores "
+            raise ConfigurationError(f"--correction-images {correction} holds no correction step: a step scores "
                              f"{CORRECTION_CANDIDATES} prompts on a batch of {batch}, {step_images} images; give at least "
                              f"that, or 0 for no correction")
         set_aside = correction + round_images if correction else 0  # the correction's steps and their verification
@@ -295,7 +320,7 @@ class ShadowPlan(Plan):
                 f"{self.rounds} round(s) {self.round_images} each{correction}")
 
     @property
-    def validations(self) -> int:
+    def validations(self) -> int:  # type: ignore[override]  # a field in BudgetPlan, follows the rounds here
         return self.rounds + (self.correction_steps > 0)
 
     step_images = round_images  # the journal's start line names what a step (here a round) sends
@@ -314,14 +339,14 @@ def load_splits(config: RunConfig, prompt: Prompt, plan_for: Callable[[Dataset],
     try:
         dataset = load_task(config.data, prompt.inner_size, seed=config.seed)
     except (OSError, ValueError) as error:
-        raise ValueError(f"--data {config.data}: {error}") from error
+        raise ConfigurationError(f"--data {config.data}: {error}") from error
     plan = plan_for(dataset)
     try:
         splits = split(dataset, plan.train, plan.val, plan.test, seed=config.seed)
     except ValueError as error:
-        raise ValueError(f"--data {config.data}: {error}") from error
+        raise ConfigurationError(f"--data {config.data}: {error}") from error
     if len(splits.train) == 0 or len(splits.val) == 0:
-        raise ValueError(f"--data {config.data}: the split left {len(splits.train)} training and {len(splits.val)} "
+        raise ConfigurationError(f"--data {config.data}: the split left {len(splits.train)} training and {len(splits.val)} "
                          "validation images; both must be at least 1 (lower --val or --test)")
     return splits, plan
 
@@ -329,7 +354,7 @@ def load_splits(config: RunConfig, prompt: Prompt, plan_for: Callable[[Dataset],
 def resolve(config: RunConfig, canvas_size: tuple[int, int], splits: Splits, plan: Plan) -> RunConfig:
     """``config`` with every automatic size (None) replaced by the one the run uses, for config.toml."""
     width, patch = prompt_sizes(config, canvas_size)
-    shadow = {"rounds": plan.rounds, "epochs": plan.epochs,
+    shadow: dict[str, Any] = {"rounds": plan.rounds, "epochs": plan.epochs,
               "correction_images": plan.correction_steps * plan.correction_step_images} if isinstance(plan, ShadowPlan) else {}
     return dataclasses.replace(config, width=width, patch=patch, parameterization=parameterization_of(config), **shadow,
                                mapping_images=plan.mapping,
@@ -357,12 +382,12 @@ def surrogate_prior(config: RunConfig, prompt: Prompt, mapping: OutputMapping, s
         return None
     surrogate = make_backend("surrogate" if name == "auto" else name, device=config.device)
     if not isinstance(surrogate, TorchClassifierBackend):
-        raise ValueError(f"--surrogate {config.surrogate} is not a local torch model; use 'surrogate' or 'none'")
+        raise ConfigurationError(f"--surrogate {config.surrogate} is not a local torch model; use 'surrogate' or 'none'")
     if list(surrogate.labels) != list(labels):
-        raise ValueError(f"--surrogate {config.surrogate} has other output labels than --backend {config.backend}, so "
+        raise ConfigurationError(f"--surrogate {config.surrogate} has other output labels than --backend {config.backend}, so "
                          "the output mapping does not apply to it; use --surrogate none")
     surrogate.model.requires_grad_(False)
-    return SurrogatePrior(surrogate, prompt, mapping, LOSSES.get(config.loss), splits.train, config.batch_size,
+    return SurrogatePrior(surrogate, prompt, mapping, loss_of(config), splits.train, config.batch_size,
                           rng=np.random.default_rng(config.seed + 1))
 
 
@@ -373,11 +398,11 @@ def shadow_model(config: RunConfig, target_labels: list[str]):
     from blackbox_vp.shadow import LabelAdapter, ShadowModel
 
     if config.surrogate == "none":
-        raise ValueError("--surrogate none: the shadow method trains the prompt on a local surrogate; give one "
+        raise ConfigurationError("--surrogate none: the shadow method trains the prompt on a local surrogate; give one "
                          "(`bbvp list backends`, or hf:DIR) or leave --surrogate auto for EfficientNet-Lite1")
     name = "surrogate" if config.surrogate == "auto" else config.surrogate
     surrogate = make_backend(name, device=config.device)
     if not isinstance(surrogate, TorchClassifierBackend):
-        raise ValueError(f"--surrogate {config.surrogate} is not a local torch model, so it gives no gradients; use "
+        raise ConfigurationError(f"--surrogate {config.surrogate} is not a local torch model, so it gives no gradients; use "
                          "'auto' (EfficientNet-Lite1), another local backend, or hf:DIR")
     return ShadowModel(surrogate, LabelAdapter(list(surrogate.labels), list(target_labels)))

@@ -12,9 +12,9 @@ from blackbox_vp.journal import Ledger
 from blackbox_vp.mappings import OutputMapping
 from blackbox_vp.optimizers import Optimizer
 from blackbox_vp.optimizers.guided import Guided
+from blackbox_vp.optimizers.whitebox import Whitebox
 from blackbox_vp.scoring import ScoreBuffer
 from blackbox_vp.shadow import LabelAdapter
-from blackbox_vp.whitebox import Whitebox
 
 
 @dataclass

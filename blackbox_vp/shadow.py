@@ -75,7 +75,7 @@ class LabelAdapter:
 
 class ShadowModel:
     """The surrogate followed by the adapter: logits in the target's label space, differentiable in the
-    image, so :class:`blackbox_vp.whitebox.Whitebox` trains a prompt on it as on the target itself."""
+    image, so :class:`blackbox_vp.optimizers.whitebox.Whitebox` trains a prompt on it as on the target itself."""
 
     def __init__(self, surrogate: TorchClassifierBackend, adapter: LabelAdapter):
         self.surrogate, self.adapter = surrogate, adapter

@@ -27,12 +27,13 @@ and the best is kept only if it beats the initial prompt's head; then the test, 
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 
 from blackbox_vp.optimizers.guided import Guided
+from blackbox_vp.optimizers.whitebox import ShadowTraining
 from blackbox_vp.run_setup import ShadowPlan
 from blackbox_vp.scoring import correct_count, mapped_accuracy
 from blackbox_vp.shadow import ShadowModel
@@ -96,7 +97,7 @@ class ShadowPhases:
                 if run.stop.requested:
                     return
                 batch = state.rng.choice(len(train), size=min(self.plan.batch_size, len(train)), replace=False)
-                loss, _ = state.optimizer.step(self.model, run.prompt, state.mapping, run.loss_fn,
+                loss, _ = cast(ShadowTraining, state.optimizer).step(self.model, run.prompt, state.mapping, run.loss_fn,
                                                train.images[batch], train.labels[batch])
                 losses.append(loss)
                 shadow.transfer_steps += 1
@@ -124,7 +125,7 @@ class ShadowPhases:
         if state.mapping.refit:  # an iterative mapping follows the prompt (ILM-VP): refitted on its own answers
             state.mapping.fit(answers, torch.from_numpy(train.labels[state.mapping_images]), len(train.classes))
         val_accuracy, val_scores = run.validate(theta, None)
-        record = {"round": shadow.round + 1, "theta": theta, "corrected": shadow.correction is not None,
+        record: dict[str, Any] = {"round": shadow.round + 1, "theta": theta, "corrected": shadow.correction is not None,
                   "val_accuracy": val_accuracy}
         if state.head is not None:
             record["head"] = self.head_on(answers.to(torch.float32))

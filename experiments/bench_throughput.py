@@ -55,7 +55,7 @@ from backends.torch_classifier import efficientnet_lite_backend  # noqa: E402
 from blackbox_vp.journal import Journal, JournaledBackend, Ledger  # noqa: E402
 from blackbox_vp.losses import LOSSES  # noqa: E402
 from blackbox_vp.mappings import FrequencyMapping  # noqa: E402
-from blackbox_vp.optimizers import OPTIMIZERS, make_optimizer  # noqa: E402
+from blackbox_vp.optimizers import make_optimizer, search_names  # noqa: E402
 from blackbox_vp.parameterizations import PARAMETERIZATIONS  # noqa: E402
 from blackbox_vp.prompts import PaddingPrompt  # noqa: E402
 
@@ -255,7 +255,7 @@ def bench_optimizers(args: argparse.Namespace, seconds_per_image: float | None) 
         source = "the local section's step path"
     heading(f"optimizers: ask + tell vs the model's time for the step's images ({1 / seconds_per_image:.1f} "
             f"images/s, from {source}; {STEP_BATCH} images per candidate)")
-    names = [name for name in OPTIMIZERS.names() if name != "ng:<Name>"] + ["ng:OnePlusOne"]
+    names = search_names()
     print("2% up to: the model's images/s at which this optimizer's overhead would reach 2% (e.g. on a GPU)")
     print(f"{'optimizer':>14} {'dim':>6} {'cands':>5} {'ask+tell ms':>11} {'model s/step':>12} {'overhead':>8}"
           f"  {'2% up to':>12}  target <= 2%")
@@ -268,7 +268,7 @@ def bench_optimizers(args: argparse.Namespace, seconds_per_image: float | None) 
             rng = np.random.default_rng(0)
             optimizer = make_optimizer(name, np.zeros(dimension), seed=0)
 
-            def one_step() -> None:
+            def one_step(optimizer=optimizer, rng=rng) -> None:
                 candidates = optimizer.ask()
                 optimizer.tell(candidates, rng.random(len(candidates)))
 

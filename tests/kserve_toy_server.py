@@ -14,10 +14,10 @@ port, count_file = int(sys.argv[1]), sys.argv[2]
 sys.argv = sys.argv[:1]  # kserve's module-level argument parser reads sys.argv
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
 import kserve  # noqa: E402
+import numpy as np  # noqa: E402
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from backends.toy import ToyBackend  # noqa: E402
 

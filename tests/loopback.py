@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 import uvicorn
 from PIL import Image
 
@@ -146,9 +147,9 @@ class ScriptedServer:
     (images in answers sent in full with scores), ``faults`` (requests answered with a fault).
     """
 
-    def __init__(self, model: Backend, script: Script = sequence()):
+    def __init__(self, model: Backend, script: Script | None = None):
         self.model = model
-        self.script = script
+        self.script = script if script is not None else sequence()
         self.lock = threading.Lock()
         self.received = 0
         self.images_received = 0
@@ -268,3 +269,12 @@ def _bbvp_images(body: bytes) -> np.ndarray:
             return np.asarray(image.convert("RGB"))
 
     return np.stack([decode(text) for text in json.loads(body)["images"]])
+
+
+def assert_same_run(result, expected) -> None:
+    """A run whose scores took another path (a server's float32, logits softmaxed by the client) equals the local
+    one: every step, image count and validation accuracy, and the test accuracy, exactly; the losses to 1e-12,
+    since exp and log round their last bit differently on some CPUs."""
+    assert [{**h, "loss": pytest.approx(h["loss"], rel=1e-12) if h.get("loss") is not None else h.get("loss")}
+            for h in expected.history] == result.history
+    assert result.test_accuracy == expected.test_accuracy

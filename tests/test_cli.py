@@ -33,10 +33,13 @@ def test_every_option_has_a_help_line_with_its_default(command):
             assert "default:" in text or "%(default)" in text or action.required, (command, action.option_strings)
 
 
-def test_list_optimizers(capsys):
+def test_list_optimizers_shows_each_with_its_options(capsys):
     assert main(["list", "optimizers"]) == 0
-    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert {"cma", "guided", "shadow", "whitebox"} <= set(names) and names == sorted(names)
+    lines = capsys.readouterr().out.splitlines()
+    names = [line.split()[0] for line in lines if not line.startswith(" ")]
+    assert {"cma", "guided", "shadow", "whitebox", "ng:<...>"} <= set(names) and names == sorted(names)
+    assert lines[lines.index(next(line for line in lines if line.startswith("spsa "))) + 1].split() == [
+        "options:", "a=0.1,", "c=0.1,", "A=10.0,", "alpha=0.602,", "gamma=0.101"]
 
 
 def test_optimize_then_evaluate_reproduces_the_test_accuracy(tmp_path, capsys):

@@ -21,8 +21,8 @@ from forking import in_child
 from torch import nn
 
 from backends import Backend
-from backends.toy import ToyBackend
 from backends.torch_classifier import TorchClassifierBackend
+from backends.toy import ToyBackend
 from blackbox_vp import RunConfig, optimize, resume
 from blackbox_vp.checkpoint import CRASH_AT_CHECKPOINT
 from blackbox_vp.journal import CRASH_AT_SEND, read_journal
@@ -109,7 +109,7 @@ def test_a_run_killed_again_at_every_resume_still_ends_finished(tmp_path):
     for _ in range(7):
         at = len(sends(out)) + 1
 
-        def work() -> int:
+        def work(at: int = at) -> int:
             os.environ[CRASH_AT_SEND] = str(at)
             resume(out, backend=ToyBackend())
             return 0
@@ -135,7 +135,7 @@ def test_a_shadow_run_killed_after_any_checkpoint_resumes_to_the_same_end(tmp_pa
         at += 1
         out = tmp_path / f"killed-{at}"
 
-        def work() -> int:
+        def work(at: int = at, out: Path = out) -> int:
             os.environ[CRASH_AT_CHECKPOINT] = str(at)
             torch.set_num_threads(1)
             optimize(RunConfig(**settings, out=str(out)), backend=ToyBackend())

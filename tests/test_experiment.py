@@ -11,8 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from blackbox_vp.experiment import (Experiment, add_experiment_parser, collect, load_experiment, run_experiment,
-                                   run_experiment_command, summarize)
+from blackbox_vp.experiment import (
+    Experiment,
+    add_experiment_parser,
+    collect,
+    load_experiment,
+    run_experiment,
+    run_experiment_command,
+    summarize,
+)
 from blackbox_vp.journal import read_journal
 
 TOY_GRID = """

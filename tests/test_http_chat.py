@@ -43,7 +43,9 @@ def chat_server(answer, asked: list[dict], models: tuple[str, ...] = ("qwen2-vl"
 
 def test_the_request_asks_for_one_token_and_the_scores_come_from_top_logprobs(rng):
     asked: list[dict] = []
-    answer = lambda image: [("Three", np.log(0.6)), (" two", np.log(0.3)), ("t", np.log(0.05)), ("cat", np.log(0.05))]
+    def answer(image):
+        return [("Three", np.log(0.6)), (" two", np.log(0.3)), ("t", np.log(0.05)), ("cat", np.log(0.05))]
+
     model = HTTPBackend(BASE, "openai-chat", labels=CLASSES, image_size=(16, 16), transport=chat_server(answer, asked))
     try:
         row = model.query(rng.integers(0, 256, (1, 16, 16, 3), dtype=np.uint8))[0]

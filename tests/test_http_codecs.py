@@ -8,9 +8,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backends.http.codecs import (FORMATS, PARTIAL_FLOOR, Call, CodecError, HFImageClassificationCodec,
-                                  HFZeroShotCodec, KServeV1Codec, OipV2Codec, TorchServeCodec, fill_partial,
-                                  load_labels, png_base64)
+from backends.http.codecs import (
+    FORMATS,
+    PARTIAL_FLOOR,
+    Call,
+    CodecError,
+    HFImageClassificationCodec,
+    HFZeroShotCodec,
+    KServeV1Codec,
+    OipV2Codec,
+    TorchServeCodec,
+    fill_partial,
+    load_labels,
+    png_base64,
+)
 
 LABELS = ["cat", "dog", "fox", "owl"]
 

@@ -9,6 +9,7 @@ import logging
 import httpx
 import numpy as np
 import pytest
+from loopback import assert_same_run
 
 from backends.base import BackendError
 from backends.http import HTTPBackend
@@ -111,5 +112,5 @@ def test_a_run_over_a_logits_server_equals_the_local_run():
     finally:
         model.close()
     assert result.backend_stats["scores"] == "logits" and sum(sent) == result.queries_used + result.test_queries
-    assert result.history == expected.history and result.test_accuracy == expected.test_accuracy
+    assert_same_run(result, expected)
     np.testing.assert_array_equal(result.theta, expected.theta)

@@ -9,6 +9,7 @@ import json
 import httpx
 import numpy as np
 import pytest
+from loopback import assert_same_run
 
 from backends.base import BackendError
 from backends.http import HTTPBackend, UnnamedLabelsWarning
@@ -158,4 +159,4 @@ def test_a_run_over_an_fp32_logits_server_equals_the_local_run():
         result = optimize(RunConfig(**settings), backend=model)
     finally:
         model.close()
-    assert result.history == expected.history and result.test_accuracy == expected.test_accuracy
+    assert_same_run(result, expected)

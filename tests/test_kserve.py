@@ -15,10 +15,11 @@ import pytest
 
 kserve = pytest.importorskip("kserve")
 
+from loopback import assert_same_run, free_ports, server_run_config, stop  # noqa: E402
+
 from backends.http import HTTPBackend, UnnamedLabelsWarning  # noqa: E402
 from backends.toy import ToyBackend  # noqa: E402
 from blackbox_vp import optimize  # noqa: E402
-from loopback import free_ports, server_run_config, stop  # noqa: E402
 
 SERVER = Path(__file__).with_name("kserve_toy_server.py")
 
@@ -65,4 +66,4 @@ def test_a_run_against_kserve_modelserver_equals_the_local_run_and_is_counted(tm
         stop(server)
         log.close()
     expected = optimize(server_run_config(), backend=Float32Toy())
-    assert result.history == expected.history and result.test_accuracy == expected.test_accuracy
+    assert_same_run(result, expected)

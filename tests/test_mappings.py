@@ -4,8 +4,7 @@ import numpy as np
 import torch
 
 from blackbox_vp.losses import cross_entropy, focal, margin
-from blackbox_vp.mappings import (MAPPINGS, FrequencyMapping, LinearHeadMapping, MultiLabelMapping,
-                                  mapping_from_state)
+from blackbox_vp.mappings import MAPPINGS, FrequencyMapping, LinearHeadMapping, MultiLabelMapping, mapping_from_state
 from blackbox_vp.scoring import cross_validated_correct
 
 

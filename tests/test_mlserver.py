@@ -24,13 +24,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from loopback import assert_same_run, free_ports, server_run_config, stop
 
 from backends.base import BackendError
 from backends.http import HTTPBackend, UnnamedLabelsWarning
 from backends.http.scores import to_probabilities
 from backends.toy import ToyBackend
 from blackbox_vp import optimize
-from loopback import free_ports, server_run_config, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_PYTHON = os.environ.get("BBVP_MLSERVER_PYTHON")
@@ -152,4 +152,4 @@ def test_a_run_against_mlserver_equals_the_local_run_and_is_counted(mlserver, na
     assert result.queries_used <= 1500
     assert int((root / f"{name}.served").read_text()) == result.queries_used + result.test_queries
     expected = local_run(logits=name == "toy-logits")
-    assert result.history == expected.history and result.test_accuracy == expected.test_accuracy
+    assert_same_run(result, expected)

@@ -12,8 +12,14 @@ from hypothesis import strategies as st
 from blackbox_vp.mappings import FrequencyMapping
 from blackbox_vp.parameterizations import PARAMETERIZATIONS, LowFrequencyDCT, RandomSubspace, dct_basis
 from blackbox_vp.prompt_file import load_prompt, save_prompt
-from blackbox_vp.prompts import (PROMPTS, FixedPatchPrompt, FullFramePrompt, PaddingPrompt, RandomPatchPrompt,
-                                 images_to_tensor)
+from blackbox_vp.prompts import (
+    PROMPTS,
+    FixedPatchPrompt,
+    FullFramePrompt,
+    PaddingPrompt,
+    RandomPatchPrompt,
+    images_to_tensor,
+)
 from blackbox_vp.quantize import jpeg
 
 CANVAS = (32, 32)

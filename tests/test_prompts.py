@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from blackbox_vp.mappings import FrequencyMapping
 from blackbox_vp.parameterizations import CoarseGrid, FullResolution
 from blackbox_vp.prompt_file import load_prompt, save_prompt
-from blackbox_vp.mappings import FrequencyMapping
 from blackbox_vp.prompts import PaddingPrompt
 from blackbox_vp.quantize import quantize
 

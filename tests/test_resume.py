@@ -13,12 +13,13 @@ import torch
 from torch import nn
 
 from backends import BackendWrapper
-from backends.toy import ToyBackend
 from backends.torch_classifier import TorchClassifierBackend
+from backends.toy import ToyBackend
 from blackbox_vp import RunConfig, optimize, resume
 from blackbox_vp.checkpoint import load_checkpoint
 from blackbox_vp.cli import main
 from blackbox_vp.journal import read_journal
+from blackbox_vp.optimizers import search_names
 
 SETTINGS = dict(backend="toy", optimizer="cma", mapping="frequency", data="digits", budget=2000, batch_size=8, grid=4, val=60, test=120, train=400,
                 quiet=True, seed=2)
@@ -129,6 +130,20 @@ def test_a_crash_in_a_query_is_counted_and_the_query_sent_again(uninterrupted, t
     result = resume(out, backend=ToyBackend())
     assert result.images_lost == sends[-1]["images"]  # only the query in flight
     assert_replays(result, out, expected, expected_out)
+
+
+@pytest.mark.parametrize("name", search_names())
+def test_every_search_resumed_after_a_crash_in_a_step_replays_its_uninterrupted_run(tmp_path, name):
+    settings = dict(SETTINGS, optimizer=name, budget=1200, surrogate="none")
+    expected = optimize(RunConfig(**settings, out=str(tmp_path / "a")))
+    with pytest.raises(Crash):  # the mapping takes the first 2 queries: the 5th is a step's or a validation's
+        optimize(RunConfig(**settings, out=str(tmp_path / "b")), backend=CrashingBackend(ToyBackend(), 5))
+    resumed = resume(tmp_path / "b", backend=ToyBackend())
+    assert resumed.images_lost > 0 and resumed.queries_used <= 1200
+    losses, expected_losses = step_losses(tmp_path / "b"), step_losses(tmp_path / "a")
+    assert len(losses) >= expected.steps - 1 and losses == {step: expected_losses[step] for step in losses}
+    if resumed.steps == expected.steps:
+        np.testing.assert_array_equal(resumed.theta, expected.theta)
 
 
 @pytest.mark.parametrize("at", [1, 2])  # the mapping's first query (256 images) and its second (144)

@@ -18,7 +18,8 @@ from backends import BackendError
 from backends.toy import ToyBackend
 from blackbox_vp import RunConfig, optimize, resume
 from blackbox_vp.cli import main
-from blackbox_vp.run import CONFIG, RunInterrupted
+from blackbox_vp.run import RunInterrupted
+from blackbox_vp.run_directory import CONFIG
 
 SECRET = "sk-run-faults-7f3a9c1e5b"
 BUSY = Fault("status", 503, b'{"error": "busy"}', (("Retry-After", "0"),))

@@ -26,11 +26,12 @@ pytest.importorskip("yaml", reason="TorchServe reads model-config files with pyy
 if shutil.which("java") is None:
     pytest.skip("TorchServe's frontend needs Java 17+ (java is not on PATH)", allow_module_level=True)
 
+from loopback import assert_same_run, free_ports, server_run_config  # noqa: E402
+
 from backends.base import BackendError  # noqa: E402
 from backends.http import HTTPBackend, PartialAnswerWarning  # noqa: E402
 from backends.toy import ToyBackend  # noqa: E402
 from blackbox_vp import optimize  # noqa: E402
-from loopback import free_ports, server_run_config  # noqa: E402
 
 HANDLER = Path(__file__).with_name("torchserve_toy_handler.py")
 REPO = HANDLER.parent.parent
@@ -163,7 +164,7 @@ def test_a_run_against_torchserve_with_every_label_equals_the_local_run_and_is_c
     assert len(seen) == result.queries_used + result.test_queries
     assert set(seen) == {"body image/png"}  # the raw PNG body arrives as TorchServe's parameter "body"
     expected = optimize(server_run_config(), backend=ToyBackend())
-    assert result.history == expected.history and result.test_accuracy == expected.test_accuracy
+    assert_same_run(result, expected)
 
 
 def test_torchserves_top5_answers_are_warned_about_once_and_the_run_finishes(torchserve):

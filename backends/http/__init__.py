@@ -9,8 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from backends.http.client import (FailureHook, HTTPBackend, InsecureTLSWarning, PartialAnswerWarning, UnnamedLabelsWarning,
-                                  read_token_file)
+from backends.http.client import (
+    FailureHook,
+    HTTPBackend,
+    InsecureTLSWarning,
+    PartialAnswerWarning,
+    UnnamedLabelsWarning,
+    read_token_file,
+)
 from backends.http.codecs import FORMATS, load_labels
 
 HTTP_OPTIONS = ("format", "labels", "token_env", "token_file", "torchserve_key_file", "token_header", "tls_verify", "rate_limit",

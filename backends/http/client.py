@@ -34,7 +34,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,11 +42,31 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
-from backends.base import Backend, BackendError, check_images, check_scores
-from backends.http.codecs import FORMATS, Call, CodecError, FloatInput, ModelInfo, OipV2Codec, OpenAIChatCodec
-from backends.http.scores import ScoresError, check_kind, detect, to_probabilities
+from backends.base import Backend, check_images, check_scores
+from backends.errors import (
+    BackendError,
+    CodecError,
+    ConfigurationError,
+    RetryableError,
+    ScoresError,
+)
+from backends.http.codecs import (
+    FORMATS,
+    Call,
+    FloatInput,
+    ModelInfo,
+    OipV2Codec,
+    OpenAIChatCodec,
+)
+from backends.http.scores import check_kind, detect, to_probabilities
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -80,21 +100,12 @@ STATUS_HINTS = {
 }
 
 
-class RetryableError(BackendError):
-    """A status worth retrying (429, 503, ...); ``retry_after`` is the server's hint in seconds, if any."""
-
-    def __init__(self, message: str, status: int, retry_after: float | None):
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
-
-
 BATCH_LIMIT = re.compile(r"batch[- _]?size must be <= (\d+)", re.IGNORECASE)  # Triton's 400
 
 
 def batch_limit(error: BackendError) -> int | None:
     """The images per request a 400 answer says the server takes at most, if it says so."""
-    found = BATCH_LIMIT.search(str(error)) if getattr(error, "status", None) == 400 else None
+    found = BATCH_LIMIT.search(str(error)) if error.status == 400 else None
     return int(found.group(1)) if found and int(found.group(1)) > 0 else None
 
 
@@ -118,9 +129,9 @@ def _check_token(token: str, where: str) -> str:
     """The token without surrounding whitespace; refused (without showing it) if it cannot go in a header."""
     token = token.strip()
     if not token:
-        raise ValueError(f"{where} is empty; put the API token there")
+        raise ConfigurationError(f"{where} is empty; put the API token there")
     if not all("!" <= char <= "~" for char in token):
-        raise ValueError(f"the token in {where} holds a space, a control or a non-ASCII character, which a token "
+        raise ConfigurationError(f"the token in {where} holds a space, a control or a non-ASCII character, which a token "
                          "cannot hold; check what was stored there")
     return token
 
@@ -134,28 +145,28 @@ def read_token_file(path: str | Path) -> str:
         with open(path, "rb") as file:
             info = os.fstat(file.fileno())
             if not stat.S_ISREG(info.st_mode):
-                raise ValueError(f"{where} is not a regular file")
+                raise ConfigurationError(f"{where} is not a regular file")
             if os.name == "posix":
                 if info.st_mode & 0o077:
-                    raise ValueError(f"{where} may be read or written by other users (mode "
+                    raise ConfigurationError(f"{where} may be read or written by other users (mode "
                                      f"{stat.S_IMODE(info.st_mode):04o}); make it private with `chmod 600 {path}`")
                 if info.st_uid != os.getuid():
-                    raise ValueError(f"{where} belongs to another user; keep your own copy, with `chmod 600`")
+                    raise ConfigurationError(f"{where} belongs to another user; keep your own copy, with `chmod 600`")
             raw = file.read(65537)
     except FileNotFoundError:
-        raise ValueError(f"{where} does not exist") from None
+        raise ConfigurationError(f"{where} does not exist") from None
     except IsADirectoryError:
-        raise ValueError(f"{where} is not a regular file") from None
+        raise ConfigurationError(f"{where} is not a regular file") from None
     except PermissionError:
-        raise ValueError(f"{where} cannot be read by this user") from None
+        raise ConfigurationError(f"{where} cannot be read by this user") from None
     if len(raw) > 65536:
-        raise ValueError(f"{where} is over 64 KiB: it should hold only the token")
+        raise ConfigurationError(f"{where} is over 64 KiB: it should hold only the token")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise ValueError(f"{where} is not UTF-8 text") from None
+        raise ConfigurationError(f"{where} is not UTF-8 text") from None
     if len(text.strip().splitlines()) > 1:
-        raise ValueError(f"{where} holds more than one line; put only the token in it")
+        raise ConfigurationError(f"{where} holds more than one line; put only the token in it")
     return _check_token(text, where)
 
 
@@ -169,13 +180,13 @@ def float_input(mean: str | None, std: str | None, layout: str | None) -> FloatI
         except ValueError:
             values = ()
         if len(values) != 3 or not all(math.isfinite(value) for value in values):
-            raise ValueError(f"{option} {text!r} must be three numbers R,G,B on the 0-1 scale, e.g. 0.485,0.456,0.406")
+            raise ConfigurationError(f"{option} {text!r} must be three numbers R,G,B on the 0-1 scale, e.g. 0.485,0.456,0.406")
         if option == "--input-std" and not all(value > 0 for value in values):
-            raise ValueError(f"--input-std {text!r} must be positive")
-        return values  # type: ignore[return-value]
+            raise ConfigurationError(f"--input-std {text!r} must be positive")
+        return values
 
     if layout is not None and layout not in ("nchw", "nhwc"):
-        raise ValueError(f"--input-layout {layout!r} must be nchw (channels first) or nhwc")
+        raise ConfigurationError(f"--input-layout {layout!r} must be nchw (channels first) or nhwc")
     return FloatInput(channels(mean, "--input-mean"), channels(std, "--input-std"), layout)
 
 
@@ -188,14 +199,14 @@ def read_torchserve_key(path: str | Path) -> str:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ValueError(f"{where} does not exist; TorchServe writes key_file.json in the folder it was started "
+        raise ConfigurationError(f"{where} does not exist; TorchServe writes key_file.json in the folder it was started "
                          "from") from None
     except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise ValueError(f"{where} cannot be read as JSON: {type(error).__name__}") from None
+        raise ConfigurationError(f"{where} cannot be read as JSON: {type(error).__name__}") from None
     key = data.get("inference", {}).get("key") if isinstance(data, dict) and isinstance(data.get("inference"),
                                                                                             dict) else None
     if not isinstance(key, str):
-        raise ValueError(f"{where} has no 'inference' -> 'key' field; is it the key_file.json of TorchServe 0.11 "
+        raise ConfigurationError(f"{where} has no 'inference' -> 'key' field; is it the key_file.json of TorchServe 0.11 "
                          "or later?")
     return _check_token(key, f"{where}, field inference.key")
 
@@ -212,8 +223,8 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def _estimated_time(response: httpx.Response) -> float | None:
@@ -236,7 +247,7 @@ class RateLimiter:
     def __init__(self, requests_per_second: float | None = None, images_per_second: float | None = None):
         for name, rate in (("rate_limit", requests_per_second), ("image_rate_limit", images_per_second)):
             if rate is not None and not rate > 0:
-                raise ValueError(f"{name} must be a positive number per second (or unset), got {rate}")
+                raise ConfigurationError(f"{name} must be a positive number per second (or unset), got {rate}")
         self.requests_per_second = requests_per_second
         self.images_per_second = images_per_second
         self._next_start = 0.0
@@ -353,15 +364,15 @@ class HTTPBackend(Backend):
                  on_failure: FailureHook | None = None, transport: httpx.AsyncBaseTransport | None = None):
         parts = urlsplit(url)
         if parts.password is not None or "@" in parts.netloc:
-            raise ValueError("the backend URL holds credentials (user:password@host); take them out and pass the "
+            raise ConfigurationError("the backend URL holds credentials (user:password@host); take them out and pass the "
                              "token through an environment variable (--token-env) or a token file (--token-file)")
         if not url.startswith(("http://", "https://")):
-            raise ValueError(f"backend URL {url!r} must start with http:// or https://")
+            raise ConfigurationError(f"backend URL {url!r} must start with http:// or https://")
         for name, value in (("concurrency", concurrency), ("max_attempts", max_attempts), ("max_batch", max_batch)):
             if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+                raise ConfigurationError(f"{name} must be at least 1, got {value}")
         if not (timeout > 0 and backoff >= 0 and max_backoff >= 0 and max_retry_after >= 0 and cost_per_image >= 0):
-            raise ValueError("timeout must be > 0; backoff, max_backoff, max_retry_after and cost_per_image >= 0")
+            raise ConfigurationError("timeout must be > 0; backoff, max_backoff, max_retry_after and cost_per_image >= 0")
         self.url = url.rstrip("/")
         self.format = format
         self.codec = FORMATS.get(format)(self.url)
@@ -411,7 +422,7 @@ class HTTPBackend(Backend):
     def _read_token(token_env: str | None, token_file: str | Path | None,
                     torchserve_key_file: str | Path | None) -> str | None:
         if sum(source is not None for source in (token_env, token_file, torchserve_key_file)) > 1:
-            raise ValueError("give the token in one place: an environment variable (--token-env), a file "
+            raise ConfigurationError("give the token in one place: an environment variable (--token-env), a file "
                              "(--token-file) or TorchServe's key file (--torchserve-key-file)")
         if token_file is not None:
             return read_token_file(token_file)
@@ -420,7 +431,7 @@ class HTTPBackend(Backend):
         if token_env is None:
             return None
         if not os.environ.get(token_env, "").strip():
-            raise ValueError(f"environment variable {token_env} (--token-env) is empty or not set; "
+            raise ConfigurationError(f"environment variable {token_env} (--token-env) is empty or not set; "
                              "put the API token there")
         return _check_token(os.environ[token_env], f"environment variable {token_env} (--token-env)")
 
@@ -438,7 +449,7 @@ class HTTPBackend(Backend):
             try:
                 return ssl.create_default_context(cafile=str(verify))
             except (OSError, ssl.SSLError) as error:
-                raise ValueError(f"cannot use CA bundle {verify} to verify TLS certificates: {error}") from error
+                raise ConfigurationError(f"cannot use CA bundle {verify} to verify TLS certificates: {error}") from error
         raise TypeError(f"verify must be True, False or a CA bundle path, got {type(verify).__name__}")
 
     def _mask(self, text: str) -> str:
@@ -461,7 +472,7 @@ class HTTPBackend(Backend):
         where = f"{self.format} server at {self.url}"
         if info.labels is not None and labels is not None and list(labels) != info.labels:
             first = next((i for i, (a, b) in enumerate(zip(labels, info.labels)) if a != b), None)
-            raise ValueError(f"the labels given ({len(labels)}) do not match the {len(info.labels)} that {where} "
+            raise ConfigurationError(f"the labels given ({len(labels)}) do not match the {len(info.labels)} that {where} "
                              f"publishes" + (f" (first difference at index {first})" if first is not None else "")
                              + "; drop the labels file or fix it")
         chosen = info.labels or (list(labels) if labels is not None else None)
@@ -474,11 +485,11 @@ class HTTPBackend(Backend):
             warnings.warn(message, UnnamedLabelsWarning, stacklevel=3)
             log.warning(message)
         if chosen is None:
-            raise ValueError(f"{where} publishes no label names; pass a labels file (one label per line)"
+            raise ConfigurationError(f"{where} publishes no label names; pass a labels file (one label per line)"
                              + (" holding the candidate labels" if self.format in ("hf-zero-shot", "openai-chat")
                                 else ""))
         if info.num_labels is not None and len(chosen) != info.num_labels:
-            raise ValueError(f"{len(chosen)} labels given, but {where} scores {info.num_labels}")
+            raise ConfigurationError(f"{len(chosen)} labels given, but {where} scores {info.num_labels}")
         if self.codec.keyed and len(set(chosen)) != len(chosen):
             repeated = sorted({label for label in chosen if chosen.count(label) > 1})
             log.warning("%s: the labels %s appear more than once, as in the standard ImageNet list; an answer that "
@@ -486,7 +497,7 @@ class HTTPBackend(Backend):
                         "others count as left out; give them distinct names (as 'crane bird' and 'crane') in both "
                         "the server's and the --labels file to tell them apart", where, ", ".join(map(repr, repeated)))
         if info.image_size is not None and image_size is not None and tuple(image_size) != info.image_size:
-            raise ValueError(f"image_size {tuple(image_size)} given, but {where} takes {info.image_size}")
+            raise ConfigurationError(f"image_size {tuple(image_size)} given, but {where} takes {info.image_size}")
         self.labels = chosen
         self.image_size = info.image_size or (tuple(image_size) if image_size is not None else (224, 224))
         limits = [limit for limit in (info.max_batch, max_batch, None if self.codec.batched else 1) if limit]
@@ -554,15 +565,17 @@ class HTTPBackend(Backend):
             scores = self._probabilities(self.codec.decode(payload, count, self.labels), call.url)
             self._say_if_partial(call.url)
             return check_scores(scores, count, self.num_labels, source=f"{self.format} server at {call.url}")
-        except (CodecError, ScoresError, BackendError) as error:
+        except BackendError as error:
             if isinstance(error, CodecError):
-                error = BackendError(self._mask(f"{self.format} answer from {call.url} does not fit the format: "
-                                                f"{error}"))
+                message = f"{self.format} answer from {call.url} does not fit the format: {error}"
             elif isinstance(error, ScoresError):
-                error = BackendError(self._mask(f"{self.format} server at {call.url}: {error}"))
-            self._failed(call, count, None, error, retry=False, status=200)
-            error.status = 200  # an answer came, but not one to use: sending it again would not help
-            raise error from None
+                message = f"{self.format} server at {call.url}: {error}"
+            else:
+                message = str(error)
+            # Status 200: an answer came, but not one to use; sending it again would not help.
+            failure = BackendError(self._mask(message), status=200)
+            self._failed(call, count, None, failure, retry=False)
+            raise failure from None
 
     def _say_if_partial(self, url: str) -> None:
         """Once: an answer that names only k of the K labels, and what that costs."""
@@ -632,10 +645,8 @@ class HTTPBackend(Backend):
         except httpx.HTTPError as error:
             message = f"cannot send to {call.url}: {type(error).__name__}: {error}"
         except BackendError as error:
-            message, status = str(error), getattr(error, "status", None)
-        failure = BackendError(self._mask(message))
-        failure.status = status  # the last HTTP status, None when no answer came
-        raise failure from None
+            message, status = str(error), error.status
+        raise BackendError(self._mask(message), status) from None  # the last HTTP status, None: no answer came
 
     def _failed(self, call: Call, count: int, attempt: int | None, error: BaseException, retry: bool,
                 seconds: float | None = None, status: int | None = None) -> None:
@@ -686,18 +697,14 @@ class HTTPBackend(Backend):
         if status == 404 and missing_ok:
             return None
         if not 200 <= status < 300:
-            hint = self._hint(status, call, count, response)
-            error = BackendError(self._mask(f"{call.url} answered {status} {response.reason_phrase}: "
-                                            f"{self._excerpt(response)}" + (f"; {hint}" if hint else "")))
-            error.status = status
-            raise error
+            advice = self._hint(status, call, count, response)
+            raise BackendError(self._mask(f"{call.url} answered {status} {response.reason_phrase}: "
+                                          f"{self._excerpt(response)}" + (f"; {advice}" if advice else "")), status)
         try:
             payload = json.loads(response.content)
         except ValueError as error:
-            failure = BackendError(f"{call.url} answered {status} with malformed JSON ({len(response.content)} "
-                                   f"bytes, {error}): {self._excerpt(response)}")
-            failure.status = status
-            raise failure from None
+            raise BackendError(f"{call.url} answered {status} with malformed JSON ({len(response.content)} "
+                               f"bytes, {error}): {self._excerpt(response)}", status) from None
         self.images_answered += count
         if count:
             self.sizer.answered(count, seconds)

@@ -24,14 +24,11 @@ from urllib.parse import urlsplit
 import numpy as np
 from PIL import Image
 
-from blackbox_vp.registry import Registry
+from backends.errors import CodecError, ConfigurationError
+from backends.registry import Registry
 
 PARTIAL_FLOOR = 1e-12
 """The least probability a label left out of a partial answer gets (before renormalizing)."""
-
-
-class CodecError(ValueError):
-    """An answer (or server metadata) that does not follow the wire format."""
 
 
 @dataclass
@@ -66,7 +63,7 @@ class FloatInput:
 
     def tensor(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> the normalized float32 tensor in ``layout``."""
-        pixels = (images.astype(np.float32) / 255.0 - np.float32(self.mean)) / np.float32(self.std)
+        pixels = (images.astype(np.float32) / 255.0 - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2) if self.layout == "nchw" else pixels)
 
 
@@ -110,16 +107,6 @@ class Codec(ABC):
 
 
 FORMATS: Registry[type[Codec]] = Registry("format")
-
-
-def register(name: str, description: str) -> Callable[[type[Codec]], type[Codec]]:
-    """Register a codec class under ``name`` and set its ``name``."""
-
-    def decorate(codec: type[Codec]) -> type[Codec]:
-        codec.name = name
-        return FORMATS.register(name, description)(codec)
-
-    return decorate
 
 
 # --- images and numbers ---------------------------------------------------------------------------
@@ -262,7 +249,7 @@ def _string_list(value: Any, what: str) -> list[str] | None:
 
 # --- the formats --------------------------------------------------------------------------------
 
-@register("bbvp", "this project's JSON protocol (bbvp serve): batches, labels and input size from /bbvp/v1/model")
+@FORMATS.register("bbvp", "this project's JSON protocol (bbvp serve): batches, labels and input size from /bbvp/v1/model")
 class BbvpCodec(Codec):
     """``GET {url}/bbvp/v1/model``; ``POST {url}/bbvp/v1/predict`` {"images": [base64 PNG]} -> {"scores"}."""
 
@@ -291,7 +278,7 @@ class BbvpCodec(Codec):
         return dense_scores(payload["scores"], count, labels, "'scores'")
 
 
-@register("oip-v2", "Open Inference Protocol / KServe V2 (KServe, MLServer, Triton): BYTES base64 PNG, UINT8 "
+@FORMATS.register("oip-v2", "Open Inference Protocol / KServe V2 (KServe, MLServer, Triton): BYTES base64 PNG, UINT8 "
                     "or normalized FP32 tensor in, FP32 [N, K] out")
 class OipV2Codec(Codec):
     """``POST {model}/infer`` with one input tensor; the scores are one output of shape [N, K].
@@ -417,7 +404,7 @@ class OipV2Codec(Codec):
         return dense_scores(output.get("data"), count, labels, f"output {output.get('name')!r} data")
 
 
-@register("kserve-v1", "KServe V1: {\"instances\": [{\"image\": {\"b64\": PNG}}]}, predictions as K numbers or "
+@FORMATS.register("kserve-v1", "KServe V1: {\"instances\": [{\"image\": {\"b64\": PNG}}]}, predictions as K numbers or "
                        "{label: score}")
 class KServeV1Codec(Codec):
     """``POST {model}:predict``; each prediction is a list of K numbers or a {label: score} object.
@@ -456,7 +443,7 @@ class KServeV1Codec(Codec):
                          for i, p in enumerate(predictions)])
 
 
-@register("torchserve", "TorchServe: POST /predictions/MODEL, one raw PNG per request, {label: prob} top 5 back "
+@FORMATS.register("torchserve", "TorchServe: POST /predictions/MODEL, one raw PNG per request, {label: prob} top 5 back "
                         "(other labels filled, see PARTIAL_FLOOR)")
 class TorchServeCodec(Codec):
     """One image per request as the raw body; the answer is {label: probability} for the top labels."""
@@ -479,7 +466,7 @@ class TorchServeCodec(Codec):
         return self.filled([_keyed_scores(payload, "the answer")], labels)
 
 
-@register("hf-image-classification", "Hugging Face image-classification: one base64 image per request, "
+@FORMATS.register("hf-image-classification", "Hugging Face image-classification: one base64 image per request, "
                                      "[{label, score}] back (asks top_k = K; missing labels filled)")
 class HFImageClassificationCodec(Codec):
     """``POST {url}`` {"inputs": base64 PNG, "parameters": {"top_k": K}}; the URL is the model's endpoint."""
@@ -496,7 +483,7 @@ class HFImageClassificationCodec(Codec):
         return self.filled([_label_scores(payload, "the answer")], labels)
 
 
-@register("hf-zero-shot", "Hugging Face zero-shot-image-classification: the labels are the candidate labels, "
+@FORMATS.register("hf-zero-shot", "Hugging Face zero-shot-image-classification: the labels are the candidate labels, "
                           "sent with every image")
 class HFZeroShotCodec(Codec):
     """``POST {url}`` {"inputs": base64 PNG, "parameters": {"candidate_labels": labels}}; every candidate must
@@ -524,7 +511,7 @@ CHAT_QUESTION = ("Which one of these is shown in the image: {classes}? Answer wi
 CHAT_TOP_LOGPROBS = 20  # the most that OpenAI's API returns; other servers take it as asked
 
 
-@register("openai-chat", "a chat VLM as a zero-shot classifier (OpenAI-compatible /v1/chat/completions: vLLM, "
+@FORMATS.register("openai-chat", "a chat VLM as a zero-shot classifier (OpenAI-compatible /v1/chat/completions: vLLM, "
                          "Ollama, hosted APIs): the labels are the class names asked for; top_logprobs back")
 class OpenAIChatCodec(Codec):
     """``POST {base}/v1/chat/completions`` with the image as a data URL and :data:`CHAT_QUESTION`, asking for
@@ -603,18 +590,18 @@ def load_labels(path: str | Path) -> list[str]:
         try:
             data = json.loads(text)
         except ValueError as error:
-            raise ValueError(f"labels file {path} is not valid JSON: {error}") from error
+            raise ConfigurationError(f"labels file {path} is not valid JSON: {error}") from error
         if isinstance(data, dict):
             try:
                 order = sorted(data, key=int)
             except ValueError as error:
-                raise ValueError(f"labels file {path}: keys must be indices 0..K-1") from error
+                raise ConfigurationError(f"labels file {path}: keys must be indices 0..K-1") from error
             if [int(key) for key in order] != list(range(len(order))):
-                raise ValueError(f"labels file {path}: keys must be the indices 0..{len(order) - 1}, each once")
+                raise ConfigurationError(f"labels file {path}: keys must be the indices 0..{len(order) - 1}, each once")
             data = [data[key][-1] if isinstance(data[key], list) and data[key] else data[key] for key in order]
         if not isinstance(data, list) or not all(isinstance(label, str) for label in data):
-            raise ValueError(f"labels file {path} must hold a list of strings or an index -> name object")
+            raise ConfigurationError(f"labels file {path} must hold a list of strings or an index -> name object")
         labels = data
     if not labels:
-        raise ValueError(f"labels file {path} holds no labels")
+        raise ConfigurationError(f"labels file {path} holds no labels")
     return labels

@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from backends.errors import ConfigurationError, ScoresError
+
 SCORE_KINDS = ("auto", "probabilities", "logits", "log-probabilities")
 SUM_TOLERANCE = 1e-3  # how far a row of probabilities may sum from 1 (float32 sums of 1,000 labels: ~1e-5)
 
 
-class ScoresError(ValueError):
-    """The answer's numbers are not of the kind that ``--scores`` says (or that ``auto`` can tell)."""
-
-
 def check_kind(kind: str) -> str:
     if kind not in SCORE_KINDS:
-        raise ValueError(f"--scores {kind!r} is not a kind of scores; use one of {', '.join(SCORE_KINDS)}")
+        raise ConfigurationError(f"--scores {kind!r} is not a kind of scores; use one of {', '.join(SCORE_KINDS)}")
     return kind
 
 

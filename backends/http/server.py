@@ -33,6 +33,7 @@ import re
 import socket
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +44,8 @@ from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backends.base import Backend, BackendError
+from backends.base import Backend, BackendError, BackendWrapper, pixel_size
+from backends.errors import ConfigurationError
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
 HF_DEFAULT_TOP_K = 5
@@ -62,7 +64,7 @@ class Limits:
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1 or self.max_pixels < 1 or (self.max_batch is not None and self.max_batch < 1):
-            raise ValueError("max_body_bytes, max_pixels and max_batch must be positive")
+            raise ConfigurationError("max_body_bytes, max_pixels and max_batch must be positive")
 
 
 @dataclass
@@ -89,11 +91,11 @@ class Faults:
     def __post_init__(self) -> None:
         for name in ("failure_rate", "truncate_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+                raise ConfigurationError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         if self.latency < 0 or self.latency_per_image < 0 or self.rate_limit_every < 0 or self.retry_after < 0:
-            raise ValueError("latency, latency_per_image, rate_limit_every and retry_after must be >= 0")
+            raise ConfigurationError("latency, latency_per_image, rate_limit_every and retry_after must be >= 0")
         if not self.failure_codes or not all(400 <= code <= 599 for code in self.failure_codes):
-            raise ValueError(f"failure_codes must be HTTP error statuses (400-599), got {self.failure_codes}")
+            raise ConfigurationError(f"failure_codes must be HTTP error statuses (400-599), got {self.failure_codes}")
 
 
 class RequestError(Exception):
@@ -224,9 +226,9 @@ def create_app(backend: Backend, name: str = "model", limits: Limits | None = No
                faults: Faults | None = None) -> FastAPI:
     """The FastAPI app serving ``backend`` as model ``name`` (see the module docstring for the endpoints)."""
     if not MODEL_NAME.match(name):
-        raise ValueError(f"model name {name!r} must be letters, digits, '.', '_' or '-'")
+        raise ConfigurationError(f"model name {name!r} must be letters, digits, '.', '_' or '-'")
     state = _State(backend, name, limits or Limits(), faults or Faults())
-    size = tuple(backend.image_size)
+    size = pixel_size(backend.image_size)
     app = FastAPI(title="blackbox-vp model server", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.bbvp = state
 
@@ -248,7 +250,7 @@ def create_app(backend: Backend, name: str = "model", limits: Limits | None = No
         where the upstream was unavailable or rate limited (retrying later may work), else 502, with its reason."""
         with state.lock:
             state.upstream_failures += 1
-        status = 503 if getattr(error, "status", None) in (429, 503) else 502
+        status = 503 if error.status in (429, 503) else 502
         return JSONResponse({"error": f"the upstream model failed: {error}"}, status_code=status)
 
     @app.exception_handler(Exception)
@@ -325,9 +327,8 @@ def create_app(backend: Backend, name: str = "model", limits: Limits | None = No
                  metric("bbvp_refused_total", "requests refused (bad input, limits)", counted["refused"]),
                  metric("bbvp_upstream_failures_total", "requests whose upstream model failed",
                         counted["upstream_failures"])]
-        upstream = getattr(getattr(backend, "unwrap", lambda: backend)(), "stats", None)
-        if callable(upstream):
-            sent = upstream()
+        sent = (backend.unwrap() if isinstance(backend, BackendWrapper) else backend).stats()
+        if sent is not None:  # a remote model upstream
             lines += [metric("bbvp_upstream_requests_total", "HTTP requests sent upstream", sent["requests"]),
                       metric("bbvp_upstream_images_total", "images answered upstream", sent["images"]),
                       metric("bbvp_upstream_retries_total", "retried upstream requests", sent["retries"]),
@@ -461,7 +462,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.listen(128)
     except OSError as error:
         sock.close()
-        raise ValueError(f"cannot listen on {host}:{port}: {error}") from error
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {error}") from error
     return sock
 
 
@@ -481,29 +482,28 @@ def serve(backend: Backend, host: str = "127.0.0.1", port: int = 8000, *, name: 
 
 
 def serve_command(backend: str = "reference", host: str = "127.0.0.1", port: int = 8000, *, name: str | None = None,
-                  prompt: str | None = None, device: str = "cpu", max_body_mb: float = 64.0, max_batch: int | None = None,
+                  wrap: Callable[[Backend], Backend] | None = None, device: str = "cpu", max_body_mb: float = 64.0,
+                  max_batch: int | None = None,
                   max_pixels: int = 4096 * 4096, latency: float = 0.0, latency_per_image: float = 0.0,
                   failure_rate: float = 0.0, failure_codes: str = "503", rate_limit_every: int = 0,
                   retry_after: int = 1, truncate_rate: float = 0.0, fault_seed: int = 0, **http_options: Any) -> int:
-    """`bbvp serve`: build the backend ``backend`` (a name, or a URL with ``http_options``) and serve it; with
-    ``prompt`` (a prompt.json), serve the adapted classifier in front of it instead; ``failure_codes`` is
+    """`bbvp serve`: build the backend ``backend`` (a name, or a URL with ``http_options``) and serve it, or
+    ``wrap(backend)`` (``bbvp serve --prompt`` wraps it in the adapted classifier); ``failure_codes`` is
     "503,500"."""
     from backends import make_backend
-    from blackbox_vp.classifier import PromptedBackend, load_classifier
 
     try:
         codes = tuple(int(code) for code in failure_codes.split(","))
     except ValueError as error:
-        raise ValueError(f"--failure-codes must be comma-separated HTTP statuses, got {failure_codes!r}") from error
+        raise ConfigurationError(f"--failure-codes must be comma-separated HTTP statuses, got {failure_codes!r}") from error
     limits = Limits(max_body_bytes=int(max_body_mb * 2**20), max_batch=max_batch, max_pixels=max_pixels)
     faults = Faults(latency=latency, latency_per_image=latency_per_image, failure_rate=failure_rate,
                     failure_codes=codes, rate_limit_every=rate_limit_every, retry_after=retry_after,
                     truncate_rate=truncate_rate, seed=fault_seed)
-    classifier = load_classifier(prompt) if prompt else None
     model = make_backend(backend, device=device, **http_options)
-    if classifier is not None:
-        model = PromptedBackend(classifier, model)
-    default_name = "prompted" if classifier else backend if MODEL_NAME.match(backend) else "model"
+    if wrap is not None:
+        model = wrap(model)
+    default_name = backend if MODEL_NAME.match(backend) else "model"
     try:
         serve(model, host, port, name=name or default_name, limits=limits, faults=faults)
     finally:

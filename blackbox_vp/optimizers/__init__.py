@@ -1,6 +1,27 @@
 """Optimizers, one per file; importing this package registers them all."""
 
-from blackbox_vp.optimizers import cma, guided, nes, nevergrad_any, rge, spsa, spsa_gc  # noqa: F401
-from blackbox_vp.optimizers.base import OPTIMIZERS, Optimizer, make_optimizer
+from blackbox_vp.optimizers import (  # noqa: F401
+    cma,
+    guided,
+    nes,
+    nevergrad_any,
+    rge,
+    spsa,
+    spsa_gc,
+    whitebox,
+)
+from blackbox_vp.optimizers.base import OPTIMIZERS, Optimizer
 
-__all__ = ["OPTIMIZERS", "Optimizer", "make_optimizer"]
+
+def make_optimizer(name: str, x0, seed: int = 0, **options) -> Optimizer:
+    """Build a registered optimizer; ``ng:<Name>`` is any nevergrad optimizer by its name (``nevergrad_any.py``)."""
+    return OPTIMIZERS.get(name)(x0, seed=seed, **options)
+
+
+def search_names() -> list[str]:
+    """The ask/tell searches by name (not the gradient methods), ``ng:<...>`` given as ``ng:OnePlusOne``."""
+    return [name if name != "ng:<...>" else "ng:OnePlusOne" for name in OPTIMIZERS.names()
+            if not OPTIMIZERS.factory_of(name.replace("<...>", "OnePlusOne")).needs_gradients]
+
+
+__all__ = ["OPTIMIZERS", "Optimizer", "make_optimizer", "search_names"]

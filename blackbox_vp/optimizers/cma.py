@@ -19,7 +19,6 @@ class CMA(NevergradOptimizer):
     around |x| = 2.
     """
 
-    name = "cma"
     diagonal = False
 
     def __init__(self, x0: np.ndarray, seed: int = 0, sigma: float = 0.5, popsize: int | None = None):
@@ -35,5 +34,4 @@ class CMA(NevergradOptimizer):
 
 @OPTIMIZERS.register("diag-cma", "CMA-ES with a diagonal covariance (nevergrad); O(d) memory, any d")
 class DiagonalCMA(CMA):
-    name = "diag-cma"
     diagonal = True

@@ -23,7 +23,7 @@ RANDOM_DIRECTIONS = 2  # random directions per step, besides the prior's ladder
 
 @OPTIMIZERS.register("guided", "ours: (1+lambda) line search along a surrogate's gradient + random directions, self-scaling")
 class Guided(Optimizer):
-    name = "guided"
+    accepts_prior = True
 
     def __init__(self, x0: np.ndarray, seed: int = 0, eta: float = 0.5, random_directions: int = RANDOM_DIRECTIONS,
                  prior: Callable[[np.ndarray], np.ndarray] | None = None):
@@ -42,7 +42,7 @@ class Guided(Optimizer):
         norm = np.linalg.norm(vector)
         return vector / norm if norm > 0 else vector
 
-    def ask(self) -> np.ndarray:
+    def _ask(self) -> np.ndarray:
         prior = self._unit(self.prior(self.theta)) if self.prior else self._unit(self.rng.normal(size=self.dimension))
         rows, self._scales = [self.theta], [0.0]
         for scale in LADDER:
@@ -55,17 +55,16 @@ class Guided(Optimizer):
             self._scales.append(1.0)
         return np.stack(rows)
 
-    def tell(self, candidates: np.ndarray, losses: np.ndarray) -> None:
+    def _tell(self, candidates: np.ndarray, losses: np.ndarray) -> None:
         best = int(np.argmin(losses))
         if best > 0 and losses[best] < losses[0]:
             self.theta = candidates[best].copy()
             self.eta *= 2.0 if self._scales[best] == LADDER[-1] else (0.5 if self._scales[best] == LADDER[0] else 1.0)
         else:
             self.eta *= 0.5 ** 0.5
-        self.steps += 1
 
-    def recommend(self) -> np.ndarray:
-        return self.theta.copy()
+    def _recommend(self) -> np.ndarray:
+        return self.theta
 
     @property
     def step_size(self) -> float:

@@ -18,7 +18,6 @@ class NES(Optimizer):
     (Wierstra et al. 2014: the Fisher matrix of N(w, s^2 I) w.r.t. w is I / s^2).
     """
 
-    name = "nes"
 
     def __init__(self, x0: np.ndarray, seed: int = 0, n: int = 10, s: float = 0.1, lr: float = 0.01):
         super().__init__(x0, seed)
@@ -34,16 +33,15 @@ class NES(Optimizer):
     def step_size(self) -> float:
         return self.lr
 
-    def ask(self) -> np.ndarray:
+    def _ask(self) -> np.ndarray:
         self._noise = self.rng.standard_normal((self.n, self.dimension))
         return np.concatenate([self.w + self.s * self._noise, self.w - self.s * self._noise])  # rows j, then n + j
 
-    def tell(self, candidates: np.ndarray, losses: np.ndarray) -> None:
+    def _tell(self, candidates: np.ndarray, losses: np.ndarray) -> None:
         differences = (losses[:self.n] - losses[self.n:]) / (2 * self.s)
         gradient = differences @ self._noise / self.n
         self.w = self.w - self.lr * gradient
         self._noise = None
-        self.steps += 1
 
-    def recommend(self) -> np.ndarray:
-        return self.w.copy()
+    def _recommend(self) -> np.ndarray:
+        return self.w

@@ -1,4 +1,4 @@
-"""Any nevergrad optimizer by its registry name (Rapin & Teytaud 2018, *Nevergrad*), as ``ng:<Name>``."""
+"""Any nevergrad optimizer by its registry name (Rapin & Teytaud 2018, *Nevergrad*), as ``ng:<Name>`` (``ng:OnePlusOne``)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import math
 import nevergrad as ng
 import numpy as np
 
+from backends.errors import ConfigurationError
 from blackbox_vp.optimizers.base import OPTIMIZERS
 from blackbox_vp.optimizers.nevergrad_base import NevergradOptimizer
 
 
-@OPTIMIZERS.register("ng:<Name>", "any nevergrad optimizer by registry name, e.g. ng:OnePlusOne, ng:TBPSA, "
+@OPTIMIZERS.register("ng:", "any nevergrad optimizer by registry name, e.g. ng:OnePlusOne, ng:TBPSA, "
                                   "ng:TwoPointsDE; 4 + floor(3 ln d) candidates a step (1 for sequential ones)")
 class NevergradAny(NevergradOptimizer):
     """Nevergrad's own ask/tell with ``num_workers`` = candidates per step.
@@ -20,9 +21,9 @@ class NevergradAny(NevergradOptimizer):
     step costs what a ``cma`` step costs; optimizers that nevergrad marks sequential get 1.
     """
 
-    def __init__(self, x0: np.ndarray, seed: int = 0, optimizer: str = "OnePlusOne", num_workers: int | None = None):
+    def __init__(self, optimizer: str, x0: np.ndarray, seed: int = 0, num_workers: int | None = None):
         if optimizer not in ng.optimizers.registry:
-            raise ValueError(f"unknown nevergrad optimizer {optimizer!r}; see nevergrad.optimizers.registry")
+            raise ConfigurationError(f"unknown nevergrad optimizer {optimizer!r}; see nevergrad.optimizers.registry")
         family = ng.optimizers.registry[optimizer]
         if num_workers is None:
             sequential = getattr(family, "no_parallelization", False)

@@ -23,15 +23,14 @@ class NevergradOptimizer(Optimizer):
     def candidates_per_step(self) -> int:
         return self.num_workers
 
-    def ask(self) -> np.ndarray:
+    def _ask(self) -> np.ndarray:
         self._pending = [self.optimizer.ask() for _ in range(self.num_workers)]
         return np.stack([candidate.value for candidate in self._pending])
 
-    def tell(self, candidates: np.ndarray, losses: np.ndarray) -> None:
+    def _tell(self, candidates: np.ndarray, losses: np.ndarray) -> None:
         for candidate, loss in zip(self._pending, losses, strict=True):
             self.optimizer.tell(candidate, float(loss))
         self._pending = []
-        self.steps += 1
 
-    def recommend(self) -> np.ndarray:
+    def _recommend(self) -> np.ndarray:
         return np.asarray(self.optimizer.provide_recommendation().value, dtype=np.float64)

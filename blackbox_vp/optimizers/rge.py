@@ -21,7 +21,6 @@ class RGE(Optimizer):
     of zeroth-order SGD, Ghadimi & Lan 2013, SIAM J. Optim. 23(4)); give ``decay_steps`` = K for BlackVIP's.
     """
 
-    name = "rge"
 
     def __init__(self, x0: np.ndarray, seed: int = 0, q: int = 5, beta: float = 0.01, lr: float = 10.0,
                  lr_min: float = 0.1, power: float = 0.5, decay_steps: int | None = None):
@@ -41,17 +40,16 @@ class RGE(Optimizer):
             return (self.lr - self.lr_min) * (1 - progress) ** 0.9 + self.lr_min
         return max(self.lr_min, self.lr / (1 + self.steps) ** self.power)
 
-    def ask(self) -> np.ndarray:
+    def _ask(self) -> np.ndarray:
         u = self.rng.standard_normal((self.q, self.dimension))
         self._directions = u / np.linalg.norm(u, axis=1, keepdims=True)
         return np.concatenate([self.w[None, :], self.w + self.beta * self._directions])  # pivot first
 
-    def tell(self, candidates: np.ndarray, losses: np.ndarray) -> None:
+    def _tell(self, candidates: np.ndarray, losses: np.ndarray) -> None:
         differences = (losses[1:] - losses[0]) / self.beta
         gradient = (self.dimension / self.q) * (differences @ self._directions)
         self.w = self.w - self.step_size * gradient
         self._directions = None
-        self.steps += 1
 
-    def recommend(self) -> np.ndarray:
-        return self.w.copy()
+    def _recommend(self) -> np.ndarray:
+        return self.w

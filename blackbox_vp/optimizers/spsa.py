@@ -19,7 +19,6 @@ class SPSA(Optimizer):
     c about the noise level of L, a so that a_0 |g_0| is the smallest change wanted early on.
     """
 
-    name = "spsa"
 
     def __init__(self, x0: np.ndarray, seed: int = 0, a: float = 0.1, c: float = 0.1, A: float = 10.0,
                  alpha: float = 0.602, gamma: float = 0.101):
@@ -39,17 +38,16 @@ class SPSA(Optimizer):
     def perturbation_size(self) -> float:
         return self.c / (self.steps + 1) ** self.gamma
 
-    def ask(self) -> np.ndarray:
+    def _ask(self) -> np.ndarray:
         self._delta = self.rng.choice([-1.0, 1.0], size=self.dimension)
         ck = self.perturbation_size()
         return np.stack([self.w + ck * self._delta, self.w - ck * self._delta])
 
-    def tell(self, candidates: np.ndarray, losses: np.ndarray) -> None:
+    def _tell(self, candidates: np.ndarray, losses: np.ndarray) -> None:
         ck = self.perturbation_size()
         gradient = (losses[0] - losses[1]) / (2 * ck * self._delta)
         self.w = self.w - self.step_size * gradient
         self._delta = None
-        self.steps += 1
 
-    def recommend(self) -> np.ndarray:
-        return self.w.copy()
+    def _recommend(self) -> np.ndarray:
+        return self.w

@@ -19,7 +19,6 @@ class SPSAGC(Optimizer):
     Defaults are BlackVIP's: o=1, c=0.01, a=0.01, alpha=0.4, gamma=0.1, beta=0.9, K=5.
     """
 
-    name = "spsa-gc"
 
     def __init__(self, x0: np.ndarray, seed: int = 0, a: float = 0.01, c: float = 0.01, o: float = 1.0,
                  alpha: float = 0.4, gamma: float = 0.1, beta: float = 0.9, K: int = 5):
@@ -45,20 +44,19 @@ class SPSAGC(Optimizer):
     def perturbation_size(self) -> float:
         return self.c / self.k ** self.gamma
 
-    def ask(self) -> np.ndarray:
+    def _ask(self) -> np.ndarray:
         magnitudes = self.rng.uniform(0.5, 1.0, size=(self.K, self.dimension))
         self._deltas = magnitudes * self.rng.choice([-1.0, 1.0], size=(self.K, self.dimension))
         ck = self.perturbation_size()
         return np.concatenate([self.w + ck * self._deltas, self.w - ck * self._deltas])  # rows s, then K + s
 
-    def tell(self, candidates: np.ndarray, losses: np.ndarray) -> None:
+    def _tell(self, candidates: np.ndarray, losses: np.ndarray) -> None:
         ck = self.perturbation_size()
         differences = losses[:self.K] - losses[self.K:]
         gradient = (differences[:, None] / (2 * ck * self._deltas)).mean(axis=0)
         self.m = gradient if self.k == 1 else self.beta * self.m + gradient
         self.w = self.w - self.step_size * (gradient + self.beta * self.m)
         self._deltas = None
-        self.steps += 1
 
-    def recommend(self) -> np.ndarray:
-        return self.w.copy()
+    def _recommend(self) -> np.ndarray:
+        return self.w

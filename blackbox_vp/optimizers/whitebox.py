@@ -1,4 +1,6 @@
-"""The white-box reference: the same prompt, mapping, splits and selection, trained with gradients.
+"""The white-box reference, and the shadow method's training: the prompt trained with gradients.
+
+The same prompt, mapping, splits and selection as a black-box search.
 
 Adam (Kingma & Ba 2015) on the prompt parameters through a local torch backend, the composed image
 quantized with a straight-through estimator so it scores the same pixels as the black-box path.
@@ -8,21 +10,34 @@ like queries, so ``--budget`` = epochs x training images (+ mapping and validati
 
 from __future__ import annotations
 
+from typing import ClassVar, Protocol
+
 import numpy as np
 import torch
 
 from backends.base import Backend, BackendWrapper
+from backends.errors import ConfigurationError
 from backends.torch_classifier import TorchClassifierBackend
 from blackbox_vp.losses import Loss
 from blackbox_vp.mappings import OutputMapping
+from blackbox_vp.optimizers.base import OPTIMIZERS
 from blackbox_vp.prompts import Prompt
+
+
+class LogitsModel(Protocol):
+    """What the prompt is trained through: a local torch model (the target's own, or the shadow's surrogate and
+    adapter) that gives differentiable logits on ``device``."""
+
+    device: torch.device
+
+    def logits(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
 
 def torch_model_of(backend: Backend) -> TorchClassifierBackend:
     """The local torch model below any wrappers; an error if there is none to take gradients from."""
     model = backend.unwrap() if isinstance(backend, BackendWrapper) else backend
     if not isinstance(model, TorchClassifierBackend):
-        raise ValueError(f"--optimizer whitebox needs a local torch backend (reference or surrogate) for gradients; "
+        raise ConfigurationError(f"--optimizer whitebox needs a local torch backend (reference or surrogate) for gradients; "
                          f"{type(model).__name__} gives none")
     return model
 
@@ -37,8 +52,18 @@ def _to_cpu(value: object) -> object:
     return value
 
 
+@OPTIMIZERS.register("whitebox", "the gradient reference: the prompt trained with gradients through a local torch "
+                                 "backend itself")
 class Whitebox:
-    """The prompt parameters and their Adam state; pickles (on the CPU) into the run's checkpoint."""
+    """The prompt parameters and their Adam state; pickles (on the CPU) into the run's checkpoint.
+
+    Not an ask/tell search: the run calls :meth:`step` with the local torch model (``needs_gradients``),
+    the target's own for the reference, the surrogate for the shadow method (``trains_on_surrogate``).
+    """
+
+    needs_gradients: ClassVar[bool] = True
+    trains_on_surrogate: ClassVar[bool] = False
+    accepts_prior: ClassVar[bool] = False
 
     def __init__(self, x0: np.ndarray, lr: float, device: str | torch.device = "cpu"):
         self.lr = lr
@@ -64,7 +89,7 @@ class Whitebox:
     def step_size(self) -> float:
         return self.lr
 
-    def step(self, model: TorchClassifierBackend, prompt: Prompt, mapping: OutputMapping, loss_fn: Loss,
+    def step(self, model: LogitsModel, prompt: Prompt, mapping: OutputMapping, loss_fn: Loss,
              images: np.ndarray, labels: np.ndarray) -> tuple[float, torch.Tensor]:
         """One Adam step on a minibatch; the mean loss and the model's probabilities (N, K) on the CPU."""
         pixels = torch.tensor(images, device=model.device).permute(0, 3, 1, 2).float()
@@ -83,3 +108,12 @@ class Whitebox:
     def __setstate__(self, state: dict) -> None:
         self.lr, self.steps = state["lr"], state["steps"]
         self._build(state["theta"], state["adam"], "cpu")
+
+
+@OPTIMIZERS.register("shadow", "ours: the prompt trained white-box on a local surrogate whose label adapter is fitted "
+                               "(KL) to the target's answers, in rounds (--rounds, --epochs, --surrogate)")
+class ShadowTraining(Whitebox):
+    """The shadow method's prompt parameters: Adam through the local surrogate, in the rounds that
+    :mod:`blackbox_vp.shadow_phases` runs (prime, distil, transfer, verify, correct)."""
+
+    trains_on_surrogate = True

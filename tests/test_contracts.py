@@ -1,0 +1,131 @@
+"""The contract suites of :mod:`blackbox_vp.testing` run on every entry of ours, and each optimizer's outputs
+on a fixed problem are pinned (after nevergrad's recorded recommendations).
+
+Re-record the pinned outputs after a deliberate change of an optimizer:
+``BBVP_RECORD=1 python -m pytest tests/test_contracts.py -k recorded`` (then review the diff of
+``tests/recorded/optimizers.json``).
+"""
+
+import json
+import os
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from test_http_client import bbvp_server
+
+from backends import BACKENDS, CachingBackend, CountingBackend, LabelOnlyBackend, TopKBackend
+from backends.http import HTTPBackend
+from backends.toy import ToyBackend
+from backends.toy_torch import toy_torch_backend
+from blackbox_vp.data import TASKS
+from blackbox_vp.losses import LOSSES
+from blackbox_vp.optimizers import OPTIMIZERS, make_optimizer, search_names
+from blackbox_vp.testing import BackendContract, LossContract, OptimizerContract, TaskContract
+from blackbox_vp.testing.optimizers import DIMENSION, run_steps
+
+SEARCHES = [*search_names(), "ng:TwoPointsDE"]  # ng:<...> through two of its names
+RECORDED = Path(__file__).parent / "recorded" / "optimizers.json"
+RECORDED_STEPS = 5
+
+
+@pytest.fixture(params=SEARCHES)
+def optimizer_name(request):
+    return request.param
+
+
+class TestEveryOptimizer(OptimizerContract):
+    @pytest.fixture(autouse=True)
+    def _name(self, optimizer_name):
+        self.name = optimizer_name
+        # BlackVIP's lr0 = 10 diverges on ||x - t||^2 (tests/test_optimizers.py uses the same)
+        self.sphere_options = {"lr": 0.1, "lr_min": 0.001} if optimizer_name == "rge" else {}
+
+
+def test_the_searches_cover_every_registered_optimizer():
+    assert set(SEARCHES) | {"ng:<...>", "whitebox", "shadow"} >= set(OPTIMIZERS.names())
+
+
+def recorded_outputs() -> dict[str, list[float]]:
+    """Each search's recommendation after 5 steps on the shifted sphere from 0, seed 0."""
+    outputs = {}
+    for name in SEARCHES:
+        optimizer = make_optimizer(name, np.zeros(DIMENSION), seed=0)
+        run_steps(optimizer, RECORDED_STEPS)
+        outputs[name] = [round(float(value), 12) for value in optimizer.recommend()]
+    return outputs
+
+
+def test_recorded_outputs_of_every_optimizer_are_reproduced():
+    outputs = recorded_outputs()
+    if os.environ.get("BBVP_RECORD"):
+        RECORDED.write_text(json.dumps(outputs, indent=1) + "\n", encoding="utf-8")
+    recorded = json.loads(RECORDED.read_text(encoding="utf-8"))
+    assert set(recorded) == set(outputs), "an optimizer without recorded outputs: re-record (see the docstring)"
+    for name in outputs:
+        np.testing.assert_allclose(outputs[name], recorded[name], rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+class TestToyBackend(BackendContract):
+    def make_backend(self):
+        return ToyBackend()
+
+
+class TestToyTorchBackend(BackendContract):
+    def make_backend(self):
+        return toy_torch_backend()
+
+
+class TestCountingWrapper(BackendContract):
+    def make_backend(self):
+        return CountingBackend(ToyBackend(max_batch=4), budget=10_000)
+
+
+class TestCachingWrapper(BackendContract):
+    def make_backend(self):
+        return CachingBackend(ToyBackend(max_batch=4))
+
+
+class TestTopKWrapper(BackendContract):
+    def make_backend(self):
+        return TopKBackend(ToyBackend(), k=3)
+
+
+class TestLabelOnlyWrapper(BackendContract):
+    def make_backend(self):
+        return LabelOnlyBackend(ToyBackend())
+
+
+class TestHTTPBackendOverMockTransport(BackendContract):
+    def make_backend(self):
+        return HTTPBackend("http://model.test", "bbvp", transport=httpx.MockTransport(bbvp_server(max_batch=4)),
+                           backoff=0.0)
+
+
+def test_the_backend_suites_cover_every_local_registered_backend():
+    covered = {"toy", "toy-torch"}  # reference, surrogate and reference-top5 load real weights: tests/test_backends.py
+    assert covered | {"reference", "surrogate", "reference-top5"} == {
+        name for name in BACKENDS.names() if not name.endswith("<...>")}
+
+
+@pytest.fixture(params=LOSSES.names())
+def loss_name(request):
+    return request.param
+
+
+class TestEveryLoss(LossContract):
+    @pytest.fixture(autouse=True)
+    def _name(self, loss_name):
+        self.name = loss_name
+
+
+@pytest.fixture(params=TASKS.names())
+def task_name(request):
+    return request.param
+
+
+class TestEveryTask(TaskContract):
+    @pytest.fixture(autouse=True)
+    def _name(self, task_name):
+        self.name = task_name
