@@ -218,6 +218,41 @@ def is_finished(cell: Cell) -> bool:
     return RunDirectory(cell.dir).is_finished()
 
 
+def _fields(joined: str) -> dict[str, str]:
+    """``"key value; key value"`` (a results.csv column) back to a dict."""
+    return dict(part.split(" ", 1) for part in joined.split("; ") if " " in part)
+
+
+def recorded(cells: list[Cell], out: Path) -> dict[str, dict]:
+    """The results, by cell name, that ``out/results.csv`` records for cells whose run directories are gone.
+
+    The cells are not committed and the table is: so a grid goes on from its committed results in a fresh
+    checkout, and these cells are neither run again nor left out of the summary. A recorded row whose
+    method settings differ from the config's is refused, as a cell directory's would be.
+    """
+    path = out / "results.csv"
+    if not path.exists():
+        return {}
+    by_name = {cell.name: cell for cell in cells}
+    found = {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            cell = by_name.get(row.get("cell", ""))
+            if cell is None or is_finished(cell):
+                continue
+            for key in CSV_SETTINGS:
+                if row.get(key) and row[key] != str(getattr(cell.config, key)):
+                    raise ConfigurationError(f"{path} records cell {cell.name} with {key}={row[key]!r}, but the config "
+                                             f"now gives {getattr(cell.config, key)!r}; remove that row to rerun it")
+            found[cell.name] = {
+                "status": "finished", "test_accuracy": float(row["test_accuracy"]),
+                "val_accuracy": float(row["val_accuracy"]), "baseline_test_accuracy": float(row["baseline_test_accuracy"]),
+                "baseline_val_accuracy": float(row["baseline_val_accuracy"]), "queries_used": int(row["images_used"]),
+                "test_queries": int(row["test_images"]), "steps": int(row["steps"]), "seconds": float(row["seconds"]),
+                "machine": _fields(row["machine"]), "versions": _fields(row["versions"])}
+    return found
+
+
 def check_cells_match(cells: list[Cell]) -> None:
     """Refuse to reuse a cell directory that was run with other settings than the config gives now. A setting
     its config.toml lacks came after the cell ran: it ran as that setting's default does."""
@@ -265,9 +300,10 @@ def _check_ray() -> None:
 
 
 def run_experiment(experiment: Experiment, out: Path, jobs: int = 1, device: str = "cpu", ray: str | None = None,
-                   ray_cpus: int = 1, threads: int | None = None) -> Outcome:
+                   ray_cpus: int = 1, threads: int | None = None, keep_recorded: bool = False) -> Outcome:
     """Run the unfinished cells (``jobs`` at a time, ``threads`` torch threads each: by default the cores
-    shared out), then write results.csv, summary.md and curves.png.
+    shared out), then write results.csv, summary.md and curves.png. ``keep_recorded``: the cells that
+    ``out/results.csv`` records count as finished where their directories are gone (:func:`recorded`).
 
     ``ray``: run the cells as Ray tasks instead, on the cluster at that address (``"auto"``,
     ``"ray://head:10001"``, or ``"local"`` for a Ray started on this machine), ``ray_cpus`` CPUs each.
@@ -288,7 +324,8 @@ def run_experiment(experiment: Experiment, out: Path, jobs: int = 1, device: str
     with hold_directory(out, EXPERIMENT_LOCK):  # one experiment at a time in --out
         cells = experiment.cells(out, device)
         check_cells_match(cells)
-        todo = [cell for cell in cells if not is_finished(cell)]
+        done = recorded(cells, out) if keep_recorded else {}
+        todo = [cell for cell in cells if not is_finished(cell) and cell.name not in done]
         outcome = Outcome(ran=[], skipped=[cell.name for cell in cells if cell not in todo], failed={})
         threads = ray_cpus if ray is not None else threads or max(1, (os.cpu_count() or 1) // jobs)
         (out / "experiment.toml").write_text(experiment.path.read_text(encoding="utf-8"), encoding="utf-8")
@@ -313,7 +350,7 @@ def run_experiment(experiment: Experiment, out: Path, jobs: int = 1, device: str
                       file=sys.stdout if error is None else sys.stderr)
         except KeyboardInterrupt:  # Ctrl-C in this process itself (Ray cells are cancelled, their checkpoints kept)
             interrupted_here = True
-        write_outputs(experiment, cells, out, jobs, device, ray, ray_cpus)
+        write_outputs(experiment, cells, out, jobs, device, ray, ray_cpus, keep_recorded)
         if outcome.interrupted or interrupted_here:
             raise ExperimentInterrupted(outcome, len(todo))
         return outcome
@@ -354,10 +391,12 @@ class CellResult:
     result: dict
 
 
-def collect(cells: list[Cell]) -> list[CellResult]:
-    """The finished cells, in grid order."""
-    return [CellResult(cell, RunDirectory(cell.dir).read_result())
-            for cell in cells if is_finished(cell)]
+def collect(cells: list[Cell], out: Path | None = None) -> list[CellResult]:
+    """The finished cells, in grid order: their run directories, else (with ``out``) the rows that
+    ``out/results.csv`` records for them (:func:`recorded`)."""
+    done = recorded(cells, out) if out is not None else {}
+    return [CellResult(cell, RunDirectory(cell.dir).read_result() if is_finished(cell) else done[cell.name])
+            for cell in cells if is_finished(cell) or cell.name in done]
 
 
 def _joined(values: dict) -> str:
@@ -522,9 +561,9 @@ def write_curves(rows: list[SummaryRow], path: Path, title: str) -> None:
 
 
 def write_outputs(experiment: Experiment, cells: list[Cell], out: Path, jobs: int, device: str,
-                  ray: str | None = None, ray_cpus: int = 1) -> None:
-    """results.csv, summary.md and curves.png from the finished cells."""
-    results = collect(cells)
+                  ray: str | None = None, ray_cpus: int = 1, keep_recorded: bool = False) -> None:
+    """results.csv, summary.md and curves.png from the finished cells (and the recorded ones, if kept)."""
+    results = collect(cells, out if keep_recorded else None)
     rows = csv_rows(experiment, results)
     with (out / "results.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["cell"])
@@ -554,22 +593,27 @@ def add_experiment_parser(subparsers: argparse._SubParsersAction) -> None:
                         "pip install 'blackbox-vp[ray]' and run directories that every node sees")
     parser.add_argument("--ray-cpus", type=int, default=1, metavar="N",
                         help="with --ray: CPUs each cell reserves, and its torch threads (default: 1)")
+    parser.add_argument("--keep-recorded", action="store_true",
+                        help="count the cells that OUT/results.csv records as finished where their run directories "
+                        "are gone (the cells are not committed, the table is): go on from committed results in a "
+                        "fresh checkout without running them again")
     parser.add_argument("--report-only", action="store_true",
                         help="run no cell: write results.csv, summary.md and curves.png from the cells finished "
                         "so far (e.g. while the grid runs elsewhere, or after Ctrl-C)")
 
 
 def report_experiment(experiment: Experiment, out: Path, jobs: int = 1, device: str = "cpu", ray: str | None = None,
-                      ray_cpus: int = 1) -> int:
+                      ray_cpus: int = 1, keep_recorded: bool = False) -> int:
     """Write the outputs from the cells finished so far, running none; 0 when every cell is finished."""
-    if not (out / "cells").is_dir():
-        raise ConfigurationError(f"{out}: no cells/ folder, so no cell of {experiment.path} has run there yet; "
-                         "run the experiment first, or give the --out it ran with")
+    if not (out / "cells").is_dir() and not (keep_recorded and (out / "results.csv").exists()):
+        raise ConfigurationError(f"{out}: no cells/ folder, so no cell of {experiment.path} has run there yet; run "
+                                 "the experiment first, or give the --out it ran with (--keep-recorded: or the "
+                                 "folder of its results.csv)")
     cells = experiment.cells(out, device)
     check_cells_match(cells)
     (out / "experiment.toml").write_text(experiment.path.read_text(encoding="utf-8"), encoding="utf-8")
-    write_outputs(experiment, cells, out, jobs, device, ray, ray_cpus)
-    finished = sum(is_finished(cell) for cell in cells)
+    write_outputs(experiment, cells, out, jobs, device, ray, ray_cpus, keep_recorded)
+    finished = len(collect(cells, out if keep_recorded else None))
     print(f"{experiment.name}: {finished} of {len(cells)} cells finished, none run; outputs in {out.resolve()}: "
           "results.csv, summary.md, curves.png")
     return 0 if finished == len(cells) else 1
@@ -581,10 +625,10 @@ def run_experiment_command(args: argparse.Namespace) -> int:
     out = args.out or default_out(args.config)
     if args.report_only:
         return report_experiment(experiment, Path(out), jobs=args.jobs, device=args.device, ray=args.ray,
-                                 ray_cpus=args.ray_cpus)
+                                 ray_cpus=args.ray_cpus, keep_recorded=args.keep_recorded)
     try:
         outcome = run_experiment(experiment, out, jobs=args.jobs, device=args.device, ray=args.ray,
-                                 ray_cpus=args.ray_cpus, threads=args.threads)
+                                 ray_cpus=args.ray_cpus, threads=args.threads, keep_recorded=args.keep_recorded)
     except ExperimentInterrupted as stopped:
         print(f"bbvp experiment: {stopped}", file=sys.stderr)
         return 130

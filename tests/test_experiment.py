@@ -106,6 +106,36 @@ def test_the_command_line_reruns_a_finished_grid_without_running_a_cell(finished
     assert "6 cells, 6 finished, 0 to run" in capsys.readouterr().out
 
 
+def test_cells_recorded_in_a_committed_results_csv_are_not_run_again_and_stay_in_the_summary(finished, tmp_path,
+                                                                                             capsys):
+    """The cells are not committed, results.csv is: a fresh checkout goes on from the table."""
+    experiment, out, _ = finished
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    rows = read_rows(out)
+    with (fresh / "results.csv").open("w", newline="", encoding="utf-8") as handle:  # all but the last cell
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows[:-1])
+    outcome = run_experiment(experiment, fresh, keep_recorded=True)
+    assert outcome.ran == [rows[-1]["cell"]] and len(outcome.skipped) == len(rows) - 1
+    assert sorted(path.name for path in (fresh / "cells").iterdir()) == [rows[-1]["cell"]]
+    assert [row["test_accuracy"] for row in read_rows(fresh)] == [row["test_accuracy"] for row in rows]
+    def table(folder):  # the summary's rows but for their seconds (the one cell ran again here)
+        rows = [line.split("|") for line in (folder / "summary.md").read_text().splitlines() if "| " in line]
+        return [row[:7] + row[8:] for row in rows]
+
+    assert table(fresh) == table(out)
+    rows[0]["optimizer"] = "spsa"  # a row that no longer matches its method is refused, not mixed in
+    with (fresh / "results.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(ValueError, match=f"records cell {rows[0]['cell']} with optimizer='spsa'"):
+        run_experiment(experiment, fresh, keep_recorded=True)
+    assert len(run_experiment(experiment, tmp_path / "again").ran) == len(rows)  # not kept unless asked
+
+
 def test_report_only_writes_the_outputs_of_the_finished_cells_and_runs_none(finished, tmp_path, capsys):
     experiment, out, _ = finished
     cells = experiment.cells(out)
