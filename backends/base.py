@@ -14,6 +14,8 @@ import numpy as np
 
 from backends.errors import BackendError, ConfigurationError
 
+PROBABILITY_FLOOR = 1e-12  # the least probability a computation takes (a log of 0, a label a partial answer left out)
+
 
 class Backend(ABC):
     """A queryable image classifier.

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from backends.base import Backend, BackendWrapper
+from backends.base import PROBABILITY_FLOOR, Backend, BackendWrapper
 from backends.errors import ConfigurationError
 
-FLOOR = 1e-12
+FLOOR = PROBABILITY_FLOOR
 
 
 def top_k_scores(scores: np.ndarray, k: int) -> np.ndarray:

@@ -153,9 +153,6 @@ class RunConfig:
         if not self.lr > 0:
             raise ConfigurationError(f"--lr must be a positive learning rate, got {self.lr}")
 
-    @classmethod
-    def help_lines(cls) -> dict[str, str]:
-        return {f.name: f.metadata["help"] for f in fields(cls)}
 
 
 def field_type(annotation: object) -> type:

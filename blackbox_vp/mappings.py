@@ -11,10 +11,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from backends.base import PROBABILITY_FLOOR
 from backends.errors import ConfigurationError
 from backends.registry import Registry
 
-EPSILON = 1e-12
+EPSILON = PROBABILITY_FLOOR
 
 
 class OutputMapping(ABC):

@@ -1,6 +1,6 @@
 """Experiment cells in worker processes on this machine (``bbvp experiment --jobs N``), and how a stop reaches them.
 
-Each cell is one :func:`blackbox_vp.experiment.run_cell` call in a worker process. The workers run in
+Each cell is one :func:`blackbox_vp.cell.run_cell` call in a worker process. The workers run in
 process groups of their own, so a Ctrl-C at the terminal (or a SIGINT or SIGTERM sent to the experiment's
 process alone, as ``kill`` and job schedulers do) reaches only the experiment. It passes each one on to
 the running cells as a Ctrl-C, once: the first stops every running cell after its step, with its

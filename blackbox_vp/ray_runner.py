@@ -1,6 +1,6 @@
 """Experiment cells as Ray tasks, for when one machine's queries per second are not enough.
 
-Each cell is one :func:`blackbox_vp.experiment.run_cell` call (``optimize``, or ``resume`` from the
+Each cell is one :func:`blackbox_vp.cell.run_cell` call (``optimize``, or ``resume`` from the
 cell's checkpoint when it has one) in a Ray task, so a cell on a cluster writes the same run
 directory, and is resumed the same way, as with ``bbvp experiment --jobs N`` on one machine
 (``bbvp experiment CONFIG --ray ADDRESS --ray-cpus N`` runs a grid's cells this way). Ray is an

@@ -9,7 +9,8 @@ import pytest
 
 from blackbox_vp import RunConfig, optimize, resume
 from blackbox_vp.directory_lock import EXPERIMENT_LOCK, RUN_LOCK, DirectoryInUse, hold_directory
-from blackbox_vp.experiment import load_experiment, run_experiment
+from blackbox_vp.experiment import run_experiment
+from blackbox_vp.experiment_config import load_experiment
 from blackbox_vp.journal import read_journal
 
 SETTINGS = dict(backend="toy", optimizer="spsa", mapping="frequency", data="digits", budget=300, batch_size=8,

@@ -11,15 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from blackbox_vp.experiment import (
-    Experiment,
-    add_experiment_parser,
-    collect,
-    load_experiment,
-    run_experiment,
-    run_experiment_command,
-    summarize,
-)
+from blackbox_vp.experiment import add_experiment_parser, run_experiment, run_experiment_command
+from blackbox_vp.experiment_config import Experiment, load_experiment
+from blackbox_vp.experiment_results import collect, summarize
 from blackbox_vp.journal import read_journal
 
 TOY_GRID = """

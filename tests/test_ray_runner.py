@@ -95,7 +95,7 @@ def test_a_cell_keeps_its_thread_count_when_the_backend_sets_threads_from_the_en
 
     import blackbox_vp.run
     from backends.torch_classifier import set_cpu_threads
-    from blackbox_vp.experiment import run_cell
+    from blackbox_vp.cell import run_cell
 
     seen = {}
 

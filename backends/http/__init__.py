@@ -15,6 +15,7 @@ from backends.http.client import (
     InsecureTLSWarning,
     PartialAnswerWarning,
     UnnamedLabelsWarning,
+    is_url,
     read_token_file,
 )
 from backends.http.codecs import FORMATS, load_labels
@@ -25,11 +26,6 @@ HTTP_OPTIONS = ("format", "labels", "token_env", "token_file", "torchserve_key_f
                 "chat_model")
 """The run options (``RunConfig`` fields) that configure an HTTP backend. ``tls_verify`` is a switch there
 (``--tls-verify``/``--no-tls-verify``); a CA bundle path is an argument of :func:`make_http_backend` only."""
-
-
-def is_url(name: str) -> bool:
-    """Whether a ``--backend`` value is a URL rather than a registered backend name."""
-    return name.startswith(("http://", "https://"))
 
 
 def make_http_backend(url: str, format: str = "bbvp", labels: str | Sequence[str] | None = None,

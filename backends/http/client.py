@@ -70,10 +70,16 @@ from backends.http.scores import check_kind, detect, to_probabilities
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+URL_SCHEMES = ("http://", "https://")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 FailureHook = Callable[[dict[str, Any]], None]
 """Called with one event per failed attempt (see :meth:`HTTPBackend._failed`); never sees the token."""
+
+
+def is_url(name: str) -> bool:
+    """Whether a ``--backend`` value is a URL rather than a registered backend name."""
+    return name.startswith(URL_SCHEMES)
 
 
 class InsecureTLSWarning(UserWarning):
@@ -366,7 +372,7 @@ class HTTPBackend(Backend):
         if parts.password is not None or "@" in parts.netloc:
             raise ConfigurationError("the backend URL holds credentials (user:password@host); take them out and pass the "
                              "token through an environment variable (--token-env) or a token file (--token-file)")
-        if not url.startswith(("http://", "https://")):
+        if not is_url(url):
             raise ConfigurationError(f"backend URL {url!r} must start with http:// or https://")
         for name, value in (("concurrency", concurrency), ("max_attempts", max_attempts), ("max_batch", max_batch)):
             if value is not None and value < 1:

@@ -24,10 +24,11 @@ from urllib.parse import urlsplit
 import numpy as np
 from PIL import Image
 
+from backends.base import PROBABILITY_FLOOR
 from backends.errors import CodecError, ConfigurationError
 from backends.registry import Registry
 
-PARTIAL_FLOOR = 1e-12
+PARTIAL_FLOOR = PROBABILITY_FLOOR
 """The least probability a label left out of a partial answer gets (before renormalizing)."""
 
 
