@@ -18,7 +18,7 @@ from typing import Any
 from backends.errors import ConfigurationError
 from blackbox_vp.disk import replace_atomically
 
-FORMAT = "blackbox-vp/checkpoint/4"
+FORMAT = "blackbox-vp/checkpoint/5"  # 5: the white-box moved to optimizers/whitebox.py, and its pickles name it
 CRASH_AT_CHECKPOINT = "BBVP_CRASH_AT_CHECKPOINT"  # fault injection for tests: die after this process's k-th save
 _saves: dict[str, Any] = {"armed": None, "count": 0}  # saves since the variable took its value, in this process
 
