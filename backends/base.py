@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 
@@ -52,6 +53,9 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 (a backend without resources need not override it)
         """Release resources (connections, threads). Safe to call twice."""
+
+    reports_traffic: ClassVar[bool] = False
+    """Whether :meth:`stats` reports traffic: a remote backend's."""
 
     def stats(self) -> dict | None:
         """What a remote backend reports of its traffic (requests, retries, images answered, cost); None here."""

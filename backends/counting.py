@@ -32,10 +32,14 @@ class CountingBackend(BackendWrapper):
         """Whether a query of ``count`` images would be allowed."""
         return self.budget is None or self.images_sent + count <= self.budget
 
+    def _refuse_beyond_budget(self, count: int) -> None:
+        """Raise :class:`BudgetExhausted` where ``count`` more images would exceed the budget (never without one)."""
+        if self.budget is not None and not self.fits(count):
+            raise BudgetExhausted(count, self.images_sent, self.budget)
+
     def query(self, images: np.ndarray) -> np.ndarray:
         count = len(images)
-        if not self.fits(count):
-            raise BudgetExhausted(count, self.images_sent, self.budget)
+        self._refuse_beyond_budget(count)
         scores = self.inner.query(images)
         self.images_sent += count
         self.calls += 1
@@ -43,6 +47,5 @@ class CountingBackend(BackendWrapper):
 
     def charge(self, count: int) -> None:
         """Count ``count`` images processed outside :meth:`query` (white-box forwards) against the budget."""
-        if not self.fits(count):
-            raise BudgetExhausted(count, self.images_sent, self.budget)
+        self._refuse_beyond_budget(count)
         self.images_sent += count

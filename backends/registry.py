@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import inspect
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -34,6 +34,7 @@ class Entry:
     name: str
     factory: Any  # the registry's F
     description: str
+    example: str | None = None  # a prefix's example of a whole name (ng: -> ng:OnePlusOne)
 
     @property
     def is_prefix(self) -> bool:
@@ -58,14 +59,15 @@ class Registry(Generic[F]):
         self._entries: dict[str, Entry] = {}
         self.fallback: Fallback | None = None
 
-    def register(self, name: str, description: str) -> Callable[[F], F]:
+    def register(self, name: str, description: str, example: str | None = None) -> Callable[[F], F]:
         """Decorator that registers a factory (a class or a function) under ``name`` (a prefix if it ends in
-        ``:`` or ``://``); a class gets ``name`` as its ``name`` attribute."""
+        ``:`` or ``://``, ``example`` then a whole name it takes); a class gets ``name`` as its ``name``
+        attribute."""
 
         def decorate(factory: F) -> F:
             if name in self._entries:
                 raise ConfigurationError(f"{self.kind} {name!r} is already registered")
-            entry = Entry(name, factory, description)
+            entry = Entry(name, factory, description, example)
             self._entries[name] = entry
             if isinstance(factory, type) and not entry.is_prefix:
                 factory.name = name  # type: ignore[attr-defined]
@@ -87,13 +89,26 @@ class Registry(Generic[F]):
         """The registered factory (a class: its flags) that ``name`` resolves to, nothing bound."""
         return self._resolve(name)[0]
 
+    def entry(self, name: str) -> Entry | None:
+        """The entry ``name`` belongs to: its own, or the longest prefix it starts with (also as :meth:`names`
+        shows a prefix, ``prefix<...>``); None for any other name."""
+        name = name.removesuffix("<...>")
+        if name in self._entries:
+            return self._entries[name]
+        prefixes = [entry for entry in self._entries.values() if entry.is_prefix and name.startswith(entry.name)]
+        return max(prefixes, key=lambda e: len(e.name)) if prefixes else None
+
+    def example(self, name: str) -> str:
+        """A whole name for the entry ``name`` shows: the name itself, a prefix's example."""
+        entry = self.entry(name)
+        return entry.example if entry is not None and entry.is_prefix and entry.example else name
+
     def _resolve(self, name: str) -> tuple[F, str | None]:
         """(factory, the argument a prefix or the fallback takes, None for a plain name)."""
-        if name in self._entries and not self._entries[name].is_prefix:
-            return self._entries[name].factory, None
-        prefixes = [entry for entry in self._entries.values() if entry.is_prefix and name.startswith(entry.name)]
-        if prefixes:
-            entry = max(prefixes, key=lambda e: len(e.name))
+        entry = self.entry(name) if not name.endswith("<...>") else None
+        if entry is not None and not entry.is_prefix:
+            return entry.factory, None
+        if entry is not None:
             if len(name) == len(entry.name):
                 raise ConfigurationError(f"{self.kind} {name!r} needs what follows the prefix: {entry.description}")
             return entry.factory, name[len(entry.name):]
@@ -110,9 +125,16 @@ class Registry(Generic[F]):
         """(name, description) pairs in registration order."""
         return [(shown, entry.description) for shown, entry in zip(self.names(), self._entries.values(), strict=True)]
 
+    def arguments(self, name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """The keyword arguments of entry ``name`` that ``settings`` holds (a run's settings by option name)."""
+        return {option: settings[option] for option in self.options(name) if option in settings}
+
     def options(self, name: str) -> dict[str, object]:
-        """The keyword options of entry ``name`` (as :meth:`names` shows it) and their defaults."""
-        entry = self._entries[name.removesuffix("<...>")]
+        """The keyword options of the entry ``name`` belongs to and their defaults (none for a fallback name)."""
+        entry = self.entry(name)
+        if entry is None:
+            self._resolve(name)  # a fallback name takes no options; any other raises the error naming the entries
+            return {}
         factory = entry.factory.__init__ if isinstance(entry.factory, type) else entry.factory  # type: ignore[misc]
         skip = set(self.given) | {"self"}
         parameters = list(inspect.signature(factory).parameters.values())
@@ -128,11 +150,7 @@ class Registry(Generic[F]):
         wrong type is an error naming ``flag``, the entry and its options."""
         if not text:
             return {}
-        shown = next((n for n in self.names() if n == name or (n.endswith("<...>") and name.startswith(n[:-5]))),
-                     None)
-        if shown is None:
-            self._resolve(name)  # raises the error that names the entry
-        known = self.options(shown) if shown is not None else {}
+        known = self.options(name)
         listing = ", ".join(f"{key}={value!r}" for key, value in known.items()) or "none"
         parsed: dict[str, Any] = {}
         for item in text.split(","):

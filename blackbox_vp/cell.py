@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from backends.errors import ConfigurationError
 from blackbox_vp.config import RunConfig
 
 
 def run_cell(config: RunConfig, threads: int) -> dict:
     """Run one cell (in this process or a worker), or resume it from its checkpoint."""
+    if config.out is None:
+        raise ConfigurationError("a cell needs a run directory (config.out)")
     import torch
 
     from blackbox_vp.run import optimize, resume

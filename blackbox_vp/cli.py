@@ -28,7 +28,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         text = action.help or ""
         if "default:" in text or "%(default)" in text or action.required or not action.option_strings:
             return text
-        return text + " (default: none)" if action.default is None else super()._get_help_string(action)
+        return text + " (default: none)" if action.default is None else (super()._get_help_string(action) or "")
 
 
 def add_run_options(parser: argparse.ArgumentParser, defaults: RunConfig) -> None:
@@ -50,10 +50,25 @@ def build_parser(settings: dict | None = None) -> argparse.ArgumentParser:
         prog="bbvp", description="Adapt an image model you can only query to your task with a learned pixel prompt.",
         formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    formatter = HelpFormatter
+    add_optimize_parser(sub, settings)
+    add_run_options(sub.add_parser("demo", help="the main job on the built-in default (reference model, digits), "
+                                   "the shadow method at 5,000 images, about 18 minutes on a 2-core CPU",
+                                   formatter_class=HelpFormatter), demo_config())
+    add_evaluate_parser(sub)
+    add_predict_parser(sub)
+    add_serve_parser(sub)
+    listing = sub.add_parser("list", help="list what is registered", formatter_class=HelpFormatter)
+    listing.add_argument("what", choices=sorted(_registries()), help="which registry to list")
+    add_experiment_parser(sub)
+    return parser
 
+
+Subparsers = argparse._SubParsersAction
+
+
+def add_optimize_parser(sub: Subparsers, settings: dict | None) -> None:
     optimize = sub.add_parser("optimize", help="learn a prompt and output mapping under a query budget",
-                              formatter_class=formatter)
+                              formatter_class=HelpFormatter)
     optimize.add_argument("--config", type=Path, metavar="FILE",
                           help="TOML file of settings, e.g. a run's config.toml (`name = value`, names as the "
                           "options below with '_' for '-'); options given on the command line override it")
@@ -63,18 +78,17 @@ def build_parser(settings: dict | None = None) -> argparse.ArgumentParser:
                           "(--quiet, --jsonl, --device and the --http-*, rate-limit, token and TLS options)")
     add_run_options(optimize, dataclasses.replace(RunConfig(), **(settings or {})))
 
-    demo = sub.add_parser("demo", help="the main job on the built-in default (reference model, digits), "
-                          "the shadow method at 5,000 images, about 18 minutes on a 2-core CPU",
-                          formatter_class=formatter)
-    add_run_options(demo, demo_config())
 
+def add_evaluate_parser(sub: Subparsers) -> None:
     evaluate = sub.add_parser("evaluate", help="score a saved prompt.json on a data set's test split",
-                              formatter_class=formatter)
+                              formatter_class=HelpFormatter)
     evaluate.add_argument("--prompt", required=True, type=Path, help="prompt.json written by `bbvp optimize`")
     add_fields(evaluate, ("backend", "data", "train", "val", "test", "seed", "device") + HTTP_OPTIONS)
 
+
+def add_predict_parser(sub: Subparsers) -> None:
     predict = sub.add_parser("predict", help="classify images with a learned prompt (--prompt), or print a "
-                             "backend's own top labels", formatter_class=formatter)
+                             "backend's own top labels", formatter_class=HelpFormatter)
     predict.add_argument("images", nargs="+", type=Path, help="image files (png, jpg, ...) and folders of them")
     predict.add_argument("--prompt", type=Path, help="prompt.json of a `bbvp optimize` run: print your classes, "
                          "the prompt applied and its output mapping (default: the backend's own labels)")
@@ -90,8 +104,10 @@ def build_parser(settings: dict | None = None) -> argparse.ArgumentParser:
     predict.add_argument("--device", default="cpu", help="torch device of a local backend")
     add_fields(predict, HTTP_OPTIONS)
 
-    serve = sub.add_parser("serve", help="serve a local backend over HTTP (bbvp, Open Inference Protocol V2 and "
-                           "Hugging Face shapes)", formatter_class=formatter)
+
+def add_serve_parser(sub: Subparsers) -> None:
+    serve = sub.add_parser("serve", help="serve a local backend over HTTP, in every wire format "
+                           "--format knows", formatter_class=HelpFormatter)
     serve.add_argument("--backend", default="reference", help="backend to serve: a registered name (`bbvp list "
                        "backends`), or with --prompt also a URL (the upstream the adapted classifier sends to)")
     serve.add_argument("--prompt", default=None, help="prompt.json of a `bbvp optimize` run: serve the adapted "
@@ -118,11 +134,6 @@ def build_parser(settings: dict | None = None) -> argparse.ArgumentParser:
     faults.add_argument("--truncate-rate", type=float, default=0.0,
                         help="share of answers whose JSON body is cut in half")
     faults.add_argument("--fault-seed", type=int, default=0, help="seed of the fault draws")
-
-    listing = sub.add_parser("list", help="list what is registered", formatter_class=formatter)
-    listing.add_argument("what", choices=sorted(_registries()), help="which registry to list")
-    add_experiment_parser(sub)
-    return parser
 
 
 def add_fields(parser: argparse._ActionsContainer, names: tuple[str, ...]) -> None:

@@ -17,8 +17,9 @@ from backends.errors import RunDirectoryError
 
 
 @contextmanager
-def writing(path: Path, what: str) -> Iterator[None]:
-    """Turn an OSError of the block, which writes ``what`` at ``path``, into a :class:`RunDirectoryError`."""
+def writing(path: Path | None, what: str) -> Iterator[None]:
+    """Turn an OSError of the block, which writes ``what`` at ``path``, into a :class:`RunDirectoryError`
+    (``path`` None: a journal that writes nowhere, whose block writes nothing)."""
     try:
         yield
     except RunDirectoryError:

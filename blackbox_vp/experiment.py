@@ -111,6 +111,7 @@ def run_experiment(experiment: Experiment, out: Path, jobs: int = 1, device: str
         try:
             for cell, run, error in _iter_cells(todo, jobs, threads, ray, ray_cpus):
                 if error is None:
+                    assert run is not None, "a cell that ends without an error yields its result"
                     outcome.ran.append(cell.name)
                     what = (f"test {run['test_accuracy']:.3f}, validation {run['val_accuracy']:.3f}, "
                             f"{run['queries_used']} images, {run['seconds']:.0f} s")
@@ -124,7 +125,7 @@ def run_experiment(experiment: Experiment, out: Path, jobs: int = 1, device: str
                       file=sys.stdout if error is None else sys.stderr)
         except KeyboardInterrupt:  # Ctrl-C in this process itself (Ray cells are cancelled, their checkpoints kept)
             interrupted_here = True
-        write_outputs(experiment, cells, out, jobs, device, ray, ray_cpus, keep_recorded)
+        write_outputs(experiment, cells, collect(cells, done), out, jobs, device, ray, ray_cpus)
         if outcome.interrupted or interrupted_here:
             raise ExperimentInterrupted(outcome, len(todo))
         return outcome
@@ -193,8 +194,9 @@ def report_experiment(experiment: Experiment, out: Path, jobs: int = 1, device: 
     cells = experiment.cells(out, device)
     check_cells_match(cells)
     (out / "experiment.toml").write_text(experiment.path.read_text(encoding="utf-8"), encoding="utf-8")
-    write_outputs(experiment, cells, out, jobs, device, ray, ray_cpus, keep_recorded)
-    finished = len(collect(cells, out if keep_recorded else None))
+    results = collect(cells, recorded(cells, out) if keep_recorded else None)
+    write_outputs(experiment, cells, results, out, jobs, device, ray, ray_cpus)
+    finished = len(results)
     print(f"{experiment.name}: {finished} of {len(cells)} cells finished, none run; outputs in {out.resolve()}: "
           "results.csv, summary.md, curves.png")
     return 0 if finished == len(cells) else 1

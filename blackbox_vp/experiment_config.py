@@ -74,6 +74,8 @@ class Cell:
 
     @property
     def dir(self) -> Path:
+        if self.config.out is None:
+            raise RuntimeError(f"cell {self.name}: every cell's config has its directory (Experiment.cells sets out)")
         return Path(self.config.out)
 
 

@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 
 from blackbox_vp.experiment_config import Cell, Experiment, unique
-from blackbox_vp.experiment_results import CellResult, SummaryRow, collect, csv_rows, joined, summarize
+from blackbox_vp.experiment_results import CellResult, SummaryRow, csv_rows, joined, summarize
 
 
 def _mean_sd(mean: float, sd: float | None) -> str:
@@ -83,10 +83,9 @@ def write_curves(rows: list[SummaryRow], path: Path, title: str) -> None:
     figure.savefig(path, dpi=120)
 
 
-def write_outputs(experiment: Experiment, cells: list[Cell], out: Path, jobs: int, device: str,
-                  ray: str | None = None, ray_cpus: int = 1, keep_recorded: bool = False) -> None:
-    """results.csv, summary.md and curves.png from the finished cells (and the recorded ones, if kept)."""
-    results = collect(cells, out if keep_recorded else None)
+def write_outputs(experiment: Experiment, cells: list[Cell], results: list[CellResult], out: Path, jobs: int,
+                  device: str, ray: str | None = None, ray_cpus: int = 1) -> None:
+    """results.csv, summary.md and curves.png from the finished cells' ``results`` (:func:`collect`)."""
     rows = csv_rows(experiment, results)
     with (out / "results.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["cell"])

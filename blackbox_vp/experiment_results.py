@@ -87,10 +87,10 @@ class CellResult:
     result: dict
 
 
-def collect(cells: list[Cell], out: Path | None = None) -> list[CellResult]:
-    """The finished cells, in grid order: their run directories, else (with ``out``) the rows that
-    ``out/results.csv`` records for them (:func:`recorded`)."""
-    done = recorded(cells, out) if out is not None else {}
+def collect(cells: list[Cell], done: dict[str, dict] | None = None) -> list[CellResult]:
+    """The finished cells, in grid order: their run directories, else the results ``done`` holds for them (the
+    rows of a committed results.csv, :func:`recorded`)."""
+    done = done or {}
     return [CellResult(cell, RunDirectory(cell.dir).read_result() if is_finished(cell) else done[cell.name])
             for cell in cells if is_finished(cell) or cell.name in done]
 

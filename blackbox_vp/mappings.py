@@ -62,6 +62,12 @@ class FrequencyMapping(OutputMapping):
         self.source_labels = source_labels
 
     def fit(self, scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> FrequencyMapping:
+        self.source_labels = self.assign(scores, labels, num_classes)
+        return self
+
+    @staticmethod
+    def assign(scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[int]:
+        """The greedy one-to-one assignment: each class's source label."""
         scores = torch.as_tensor(scores, dtype=torch.float64)
         num_labels = scores.shape[1]
         if num_classes > num_labels:
@@ -80,8 +86,7 @@ class FrequencyMapping(OutputMapping):
             chosen[row] = column
             table[row, :] = -np.inf
             table[:, column] = -np.inf
-        self.source_labels = chosen
-        return self
+        return chosen
 
     def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
         if self.source_labels is None:
@@ -129,8 +134,7 @@ class MultiLabelMapping(OutputMapping):
         for _ in range(self.labels_per_class):
             remaining = torch.as_tensor(scores, dtype=torch.float64).clone()
             remaining[:, taken] = 0.0  # labels already owned cannot be chosen again
-            round_mapping = FrequencyMapping().fit(remaining, labels, num_classes)
-            for c, k in enumerate(round_mapping.source_labels):
+            for c, k in enumerate(FrequencyMapping.assign(remaining, labels, num_classes)):
                 chosen[c].append(k)
                 taken.append(k)
         self.source_labels = chosen
@@ -195,18 +199,24 @@ class LinearHeadMapping(OutputMapping):
         self.weight, self.bias = weight.detach(), bias.detach()
         return self
 
-    def logits(self, scores: torch.Tensor) -> torch.Tensor:
-        if self.weight is None:
+    def fitted(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(weight, bias, mean, scale), which fitting (or :meth:`from_state`) sets together."""
+        if self.weight is None or self.bias is None or self.mean is None or self.scale is None:
             raise RuntimeError("the linear head is not fitted yet")
-        x = (self.features(scores) - self.mean.to(scores.dtype)) / self.scale.to(scores.dtype)
-        return x @ self.weight.to(scores.dtype) + self.bias.to(scores.dtype)
+        return self.weight, self.bias, self.mean, self.scale
+
+    def logits(self, scores: torch.Tensor) -> torch.Tensor:
+        weight, bias, mean, scale = self.fitted()
+        x = (self.features(scores) - mean.to(scores.dtype)) / scale.to(scores.dtype)
+        return x @ weight.to(scores.dtype) + bias.to(scores.dtype)
 
     def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
         return self.logits(scores).softmax(dim=1)
 
     def state(self) -> dict:
-        return {"type": self.name, "l2": self.l2, "weight": self.weight.tolist(), "bias": self.bias.tolist(),
-                "mean": self.mean.tolist(), "scale": self.scale.tolist()}
+        weight, bias, mean, scale = self.fitted()
+        return {"type": self.name, "l2": self.l2, "weight": weight.tolist(), "bias": bias.tolist(),
+                "mean": mean.tolist(), "scale": scale.tolist()}
 
     @classmethod
     def from_state(cls, state: dict) -> LinearHeadMapping:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,8 @@ class Parameterization(ABC):
     """Maps a flat parameter vector to a (3, H, W) pattern of ``size`` = (H, W)."""
 
     name: str
+    run_settings: ClassVar[dict[str, str]] = {}
+    """Which run setting (``RunConfig`` field) sets each of its options; options not named keep their default."""
 
     def __init__(self, size: tuple[int, int]):
         self.size = pixel_size(size)
@@ -75,6 +78,7 @@ def upsample(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 @PARAMETERIZATIONS.register("grid", "a coarse g x g x 3 grid upsampled bilinearly to the canvas (--grid g)")
 class CoarseGrid(Parameterization):
+    run_settings: ClassVar[dict[str, str]] = {"grid": "grid"}
 
     def __init__(self, size: tuple[int, int], grid: int = 8):
         super().__init__(size)
@@ -113,6 +117,8 @@ class LowFrequencyDCT(Parameterization):
     average over the pattern, as the grid and full parameterizations do.
     """
 
+    run_settings: ClassVar[dict[str, str]] = {"k": "dct_k"}
+
 
     def __init__(self, size: tuple[int, int], k: int = 8):
         super().__init__(size)
@@ -146,6 +152,8 @@ class RandomSubspace(Parameterization):
     optimization in a random d-dimensional subspace. A is drawn from ``seed`` (saved in the prompt
     file) with entries N(0, 1/d), so a standard normal theta gives grid values of unit variance.
     """
+
+    run_settings: ClassVar[dict[str, str]] = {"dim": "subspace_dim", "seed": "seed"}  # its grid is not --grid
 
 
     def __init__(self, size: tuple[int, int], dim: int = 100, seed: int = 0, grid: int = 16):

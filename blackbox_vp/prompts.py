@@ -144,7 +144,7 @@ def rounded_hwc(pixels: torch.Tensor) -> np.ndarray | None:
     return np.rint(np.clip(values, 0.0, 255.0)).astype(np.uint8).transpose(1, 2, 0)
 
 
-PROMPTS: Registry[type[Prompt]] = Registry("prompt", given=("canvas_size", "parameterization", "jpeg_quality", "seed"))
+PROMPTS: Registry[type[Prompt]] = Registry("prompt", given=("canvas_size", "parameterization"))
 
 
 class FramedPrompt(Prompt):
@@ -157,9 +157,11 @@ class FramedPrompt(Prompt):
     def __init__(self, canvas_size: tuple[int, int], width: int, placement: str,
                  parameterization: Parameterization | None, jpeg_quality: int | None):
         height, wide = canvas_size
-        if width < 1 or 2 * width >= min(height, wide):
-            raise ConfigurationError(f"prompt width {width} does not fit a {height}x{wide} canvas: it must be between 1 "
-                             f"and {(min(height, wide) - 1) // 2}")
+        if width < 1:
+            raise ConfigurationError(f"--width {width} must be at least 1 pixel")
+        if 2 * width >= min(height, wide):
+            raise ConfigurationError(f"--width {width} is too wide for the model's {height}x{wide} input: a border leaves "
+                                     f"no image; use --width {(min(height, wide) - 1) // 2} or less")
         if placement not in PLACEMENTS:
             raise ConfigurationError(f"unknown placement {placement!r}; choose one of: {', '.join(PLACEMENTS)}")
         inner_size = (height - 2 * width, wide - 2 * width) if placement == "shrink" else (height, wide)
@@ -262,9 +264,11 @@ class PatchPrompt(Prompt):
 
     def __init__(self, canvas_size: tuple[int, int], patch: int, parameterization: Parameterization | None,
                  jpeg_quality: int | None):
-        if not 1 <= patch <= min(canvas_size):
-            raise ConfigurationError(f"patch {patch} does not fit a {canvas_size[0]}x{canvas_size[1]} canvas: it must be "
-                             f"between 1 and {min(canvas_size)}")
+        if patch < 1:
+            raise ConfigurationError(f"--patch {patch} must be at least 1 pixel")
+        if patch > min(canvas_size):
+            raise ConfigurationError(f"--patch {patch} is larger than the model's {canvas_size[0]}x{canvas_size[1]} "
+                                     f"input; use --patch {min(canvas_size)} or less")
         super().__init__(canvas_size, canvas_size, (patch, patch), parameterization, jpeg_quality)
         self.patch = patch
 

@@ -88,5 +88,9 @@ def run_cells_on_ray(cells: Iterable[Any], address: str | None = None,
     Returns {cell name: the result of ``run_cell`` (test and validation accuracy, images used, seconds),
     or the exception that stopped the cell}. ``address`` and ``options`` are those of :func:`iter_cells_on_ray`.
     """
-    return {_name_and_config(cell)[0]: result if error is None else error
-            for cell, result, error in iter_cells_on_ray(cells, address, **options)}
+    outcomes: dict[str, dict | BaseException] = {}
+    for cell, result, error in iter_cells_on_ray(cells, address, **options):
+        outcome = result if error is None else error
+        assert outcome is not None, "a cell ends with its result or the error that stopped it"
+        outcomes[_name_and_config(cell)[0]] = outcome
+    return outcomes

@@ -51,6 +51,7 @@ from backends import (
 from backends.base import pixel_size
 from backends.errors import ConfigurationError
 from backends.http import HTTP_OPTIONS, is_url
+from backends.torch_classifier import TorchClassifierBackend
 from blackbox_vp.checkpoint import load_checkpoint, save_checkpoint
 from blackbox_vp.config import RunConfig
 from blackbox_vp.data import Splits, task_classes
@@ -73,7 +74,7 @@ from blackbox_vp.run_setup import (
     shadow_model,
     surrogate_prior,
 )
-from blackbox_vp.run_state import FinalScores, RunState, ShadowState, StepRecord
+from blackbox_vp.run_state import FinalScores, InitialHead, RunState, ShadowState, StepRecord
 from blackbox_vp.scoring import (
     ScoreBuffer,
     correct_count,
@@ -165,7 +166,7 @@ class Run:
         else:
             method = {"optimization": self.search, "head": self.refit_head}
         self.phases = {"mapping": self.fit_mapping, "baseline": self.validate_baseline, **method, "test": self.test}
-        self.reports_retries = self.journaled.unwrap().stats() is not None  # a remote backend's traffic
+        self.reports_retries = self.journaled.unwrap().reports_traffic
         self.seconds_before, self.session_started = state.seconds, time.perf_counter()
         self.progress = tqdm(total=config.budget, initial=self.learning.images_sent, unit="img",
                              desc=config.optimizer, disable=config.quiet, dynamic_ncols=True)
@@ -183,10 +184,12 @@ class Run:
         finally:
             self.progress.close()
         result = self.result("finished")
-        if self.out is not None:
-            best = state.selection
-            write_run(self.directory, result.summary(), self.prompt, best.best_theta, best.best_mapping, self.splits.test,
-                      state.test.predicted, state.losses)
+        if self.directory is not None:
+            theta, mapping = state.selection.chosen()
+            outcome = state.test
+            assert outcome is not None, "the test phase, the last before done, sets the test scores"
+            write_run(self.directory, result.summary(), self.prompt, theta, mapping, self.splits.test,
+                      outcome.predicted, state.losses)
         self.journal.write("end", time=now(), queries_used=result.queries_used, test_accuracy=result.test_accuracy)
         return result
 
@@ -272,7 +275,7 @@ class Run:
             self.adjust("baseline validation", f"skipped, and the search with it: {self.learning.remaining} images "
                         f"left after the images counted twice after crashes, {self.plan.val} needed")
             state.selection.best_theta = self.prompt.initial()
-            state.selection.best_mapping = state.initial_head or state.initial_mapping
+            state.selection.best_mapping = self.initial_prompt_mapping()
             state.kept = {"prompt": "initial", "why": "no validation fitted in the budget after crashes"}
             self.end_phase("test")
             return
@@ -287,8 +290,9 @@ class Run:
         """
         state, selection = self.state, self.state.selection
         with state.ledger.during("validation"):
-            if state.mapping.refit and len(state.buffer) >= state.buffer.capacity:
-                state.mapping.fit(state.buffer.scores, state.buffer.labels, len(self.splits.train.classes))
+            recent = state.buffer.scores  # None until a step adds its scores
+            if state.mapping.refit and recent is not None and len(state.buffer) >= state.buffer.capacity:
+                state.mapping.fit(recent, state.buffer.labels, len(self.splits.train.classes))
             scores = self.scored(f"validation:{state.steps}", theta, self.splits.val.images)
             accuracy = mapped_accuracy(state.mapping, scores, self.splits.val.labels)
         selection.history.append({"images": self.learning.images_sent, "step": state.steps,
@@ -304,6 +308,7 @@ class Run:
         """One optimization step on a minibatch: (mean loss, training accuracy) over its candidates."""
         state, train = self.state, self.splits.train
         if state.optimizer.needs_gradients:  # the white-box reference: forwards and backwards, no queries
+            assert self.torch_model is not None, "the white-box reference gets the target's torch model (__init__)"
             self.learning.charge(len(batch))  # forwards count like queries
             self.journaled.announce(len(batch))
             loss, scores = cast(Whitebox, state.optimizer).step(self.torch_model, self.prompt, state.mapping, self.loss_fn,
@@ -354,7 +359,7 @@ class Run:
                 state.steps += 1
                 state.losses.append((learning.images_sent, loss))
                 last = not learning.fits(room)
-                if last and learning.images_sent - state.images_lost + room <= learning.budget:
+                if last and learning.images_sent - state.images_lost + room <= self.config.budget:
                     self.adjust("steps", f"step {state.steps} is the last: the {state.images_lost} images counted "
                                 f"twice after a crash left {learning.remaining}, and another step with its validation "
                                 f"and the head stage takes {room}")
@@ -370,7 +375,7 @@ class Run:
         """After a resume whose images counted twice ended the search before the uninterrupted run would
         have: say so, and validate the last step's prompt if no validation came after it."""
         state, learning = self.state, self.learning
-        if "steps" not in state.adjustments and learning.images_sent - state.images_lost + room <= learning.budget:
+        if "steps" not in state.adjustments and learning.images_sent - state.images_lost + room <= self.config.budget:
             self.adjust("steps", f"the search ended after step {state.steps}: the {state.images_lost} images counted "
                         f"twice after a crash left {learning.remaining}, and a step with its validation and the "
                         f"head stage takes {room}")
@@ -383,6 +388,7 @@ class Run:
     def close_step(self) -> None:
         """Validate the step's prompt if due, journal the step, checkpoint."""
         state, record, started = self.state, self.state.pending, time.perf_counter()
+        assert record is not None, "a step leaves its record pending until close_step"
         val_accuracy = None
         if record.validate and not self.learning.fits(self.plan.val - self.answered(f"validation:{state.steps}")):
             # Only after a resume: the images counted twice left no room to validate this step's prompt.
@@ -404,11 +410,42 @@ class Run:
         self.show(record.loss)
         self.checkpoint()
 
+    @property
+    def mapping_images(self) -> np.ndarray:
+        """The training images scored for the mapping, drawn in the mapping phase (the first)."""
+        chosen = self.state.mapping_images
+        if chosen is None:
+            raise RuntimeError("the mapping images are drawn in the mapping phase, before any phase that reads them")
+        return chosen
+
+    @property
+    def head(self) -> OutputMapping:
+        """The head of a run that has one (a mapping searched with another, as the linear head)."""
+        if self.state.head is None:
+            raise RuntimeError("only a run with a head (a mapping searched with another) fits or judges one")
+        return self.state.head
+
+    def initial_head(self) -> InitialHead:
+        """The initial prompt's head and its judgement, for a head stage: the mapping phase fits and
+        cross-validates it, the baseline validation scores the validation split."""
+        state = self.state
+        if state.initial_head is None or state.initial_head_cv is None or state.baseline_val_scores is None:
+            raise RuntimeError("a head stage comes after the mapping phase fitted the initial prompt's head and the "
+                               "baseline validation scored it")
+        return InitialHead(state.initial_head, state.initial_head_cv, state.baseline_val_scores)
+
+    def initial_prompt_mapping(self) -> OutputMapping:
+        """The mapping the initial prompt is finally judged with: its head, else the mapping as first fitted."""
+        mapping = self.state.initial_head or self.state.initial_mapping
+        if mapping is None:
+            raise RuntimeError("the mapping phase fits the initial prompt's mapping before any phase that reads it")
+        return mapping
+
     def cross_validate_head(self, scores: torch.Tensor) -> int:
         """Mapping images the head gets right in cross-validation on a prompt's ``scores`` of the first of them."""
-        chosen, train = self.state.mapping_images[: len(scores)], self.splits.train
+        chosen, train = self.mapping_images[: len(scores)], self.splits.train
         folds = np.arange(len(chosen)) % HEAD_FOLDS
-        return cross_validated_correct(self.state.head, scores, train.labels[chosen], folds, len(train.classes))
+        return cross_validated_correct(self.head, scores, train.labels[chosen], folds, len(train.classes))
 
     def head_sizes(self) -> tuple[int, int]:
         """Mapping and validation images the head stage scores: all of both (the plan's), unless the images
@@ -417,7 +454,9 @@ class Run:
         state = self.state
         wanted_mapping, wanted_val = state.head_sizes or (self.plan.mapping, self.plan.val)
         done_mapping, done_val = self.answered("head:mapping"), self.answered("head:validation")
-        available = done_mapping + done_val + self.learning.remaining
+        remaining = self.learning.remaining
+        assert remaining is not None, "the run's counter has the budget"
+        available = done_mapping + done_val + remaining
         mapping = wanted_mapping if done_val else min(wanted_mapping, available)
         state.head_sizes = mapping, min(wanted_val, available - mapping)
         if state.head_sizes != (self.plan.mapping, self.plan.val):
@@ -447,8 +486,9 @@ class Run:
                           "why": f"best on validation under the {self.config.mapping} mapping "
                                  f"({selection.best_val:.4f}; the initial prompt {selection.baseline_val:.4f})"}
         else:
-            selection.baseline_val = mapped_accuracy(state.initial_head, state.baseline_val_scores, val.labels)
-            theta, mapping, best_val = self.prompt.initial(), state.initial_head, selection.baseline_val
+            initial = self.initial_head()
+            selection.baseline_val = mapped_accuracy(initial.head, initial.val_scores, val.labels)
+            theta, mapping, best_val = self.prompt.initial(), initial.head, selection.baseline_val
             state.kept = {"prompt": "initial", "why": "the search validated no prompt other than the initial one"}
             searched = selection.searched_theta
             if searched is not None:
@@ -467,18 +507,22 @@ class Run:
                         f"mapping images for it, fewer than {HEAD_FOLDS}; the initial prompt's head is kept")
             state.kept = {"prompt": "initial", "why": "the head stage had no room after a crash"}
             return theta, mapping, best_val
-        chosen = state.mapping_images[:mapping_count]
+        chosen = self.mapping_images[:mapping_count]
         with state.ledger.during("mapping"):
             scores = self.scored("head:mapping", searched, train.images[chosen])
-            head = copy.deepcopy(state.head).fit(scores, torch.from_numpy(train.labels[chosen]), len(train.classes))
+            head = copy.deepcopy(self.head).fit(scores, torch.from_numpy(train.labels[chosen]), len(train.classes))
             cv_correct = self.cross_validate_head(scores)
         with state.ledger.during("validation"):
             val_scores = self.scored("head:validation", searched, val.images[:val_count])
-        initial_cv = (state.initial_head_cv if mapping_count == len(state.mapping_images)
-                      else self.cross_validate_head(state.initial_scores[:mapping_count].double()))
+        initial = self.initial_head()
+        if mapping_count == len(self.mapping_images):
+            initial_cv = initial.cv_correct
+        else:  # a stage shrunk after a crash: the initial prompt's head judged again on the same fewer images
+            assert state.initial_scores is not None, "the mapping phase keeps the initial scores where there is a head"
+            initial_cv = self.cross_validate_head(state.initial_scores[:mapping_count].double())
         val_labels = val.labels[:val_count]
         val_correct = correct_count(head, val_scores, val_labels)
-        initial_val_correct = correct_count(state.initial_head, state.baseline_val_scores[:val_count], val_labels)
+        initial_val_correct = correct_count(initial.head, initial.val_scores[:val_count], val_labels)
         pooled = (cv_correct + val_correct) / (mapping_count + val_count)
         initial_pooled = (initial_cv + initial_val_correct) / (mapping_count + val_count)
         accuracy = val_correct / val_count if val_count else float("nan")
@@ -500,9 +544,10 @@ class Run:
         state, test, best = self.state, self.splits.test, self.state.selection
         with state.ledger.during("test"):
             initial = self.scored("test:initial", self.prompt.initial(), test.images, backend=self.journaled)
-            baseline = mapped_accuracy(state.initial_head or state.initial_mapping, initial, test.labels)
-            scores = self.scored("test:best", best.best_theta, test.images, backend=self.journaled)
-            predicted = best.best_mapping.probabilities(scores).argmax(dim=1).numpy()
+            baseline = mapped_accuracy(self.initial_prompt_mapping(), initial, test.labels)
+            theta, mapping = best.chosen()
+            scores = self.scored("test:best", theta, test.images, backend=self.journaled)
+            predicted = mapping.probabilities(scores).argmax(dim=1).numpy()
         accuracy = float(np.mean(predicted == test.labels)) if len(test) else float("nan")
         state.test = FinalScores(baseline, accuracy, predicted[:EXAMPLE_IMAGES])
         self.end_phase("done")
@@ -647,15 +692,9 @@ def _build_and_run(config: RunConfig, model: Backend, failures: FailureLog | Non
     method = OPTIMIZERS.factory_of(config.optimizer)
     gradients, shadow = method.needs_gradients, method.trains_on_surrogate
     local = shadow_model(config, list(model.labels)) if shadow else None
-    if gradients:
-        torch_model = local.surrogate if shadow else torch_model_of(model)
-        torch_model.model.requires_grad_(False)
-        optimizer: Optimizer | Whitebox = method(prompt.initial(), config.lr, torch_model.device)
-        candidates = 1
-    else:
-        optimizer = make_optimizer(config.optimizer, prompt.initial(), seed=config.seed, **OPTIMIZERS.parse_options(
-            config.optimizer, config.optimizer_options, "--optimizer-options"))
-        candidates = optimizer.candidates_per_step
+    torch_model = (local.surrogate if local is not None else torch_model_of(model)) if gradients else None
+    optimizer = _make_search(config, prompt.initial(), torch_model)
+    candidates = optimizer.candidates_per_step
     if shadow:
         splits, plan = load_splits(config, prompt, lambda data: ShadowPlan.make(config, len(data), len(data.classes)))
     else:
@@ -667,7 +706,7 @@ def _build_and_run(config: RunConfig, model: Backend, failures: FailureLog | Non
     out = Path(config.out) if config.out else None
     directory = RunDirectory(out) if out is not None else None
     with directory.lock() if directory is not None else nullcontext():  # before the checkpoint is read: one process
-        state = None
+        state: RunState | None = None
         if directory is not None and directory.holds_run():
             if not resuming:
                 raise ConfigurationError(f"--out {out} already holds a run; continue it with `bbvp optimize --resume "
@@ -679,34 +718,55 @@ def _build_and_run(config: RunConfig, model: Backend, failures: FailureLog | Non
                              optimizer=optimizer, mapping=mapping, head=head, buffer=ScoreBuffer(plan.mapping),
                              ledger=Ledger(), budget_plan=plan.to_dict(),
                              prior_rng=prior.rng if prior else np.random.default_rng(config.seed + 1) if shadow else None,
-                             shadow=ShadowState(local.adapter) if shadow else None)
+                             shadow=ShadowState(local.adapter) if local is not None else None)
         if prior is not None:
+            assert isinstance(state.optimizer, Optimizer), "only a search accepts a prior (accepts_prior)"
             prior.mapping, prior.rng = state.mapping, state.prior_rng
             state.optimizer.prior = prior.direction
-        if gradients:
+        if torch_model is not None:
+            assert isinstance(state.optimizer, Whitebox), "a torch model is built for a gradient method only"
             state.optimizer.to(torch_model.device)
-        if shadow:
+        if local is not None:
+            assert state.shadow is not None, "a shadow run's state has its shadow state from the start"
             local.adapter = state.shadow.adapter  # the adapter fitted so far, after a resume
 
-        lost = count_lost_images(state, directory.journal) if resuming and directory is not None else 0
-        journal = Journal(directory.journal if directory is not None else None, echo=sys.stdout if config.jsonl else None, append=resuming)
+        journal = _open_journal(config, directory, state, plan, resuming, changed)
         if failures is not None:
             failures.attach(journal)
         try:
-            if resuming:
-                if changed and directory is not None:  # settings that do not change what the run computes
-                    directory.write_settings(config)  # the next resume keeps them
-                journal.write("resume", time=now(), phase=state.phase, step=state.steps, images_lost=lost,
-                              images=state.ledger.learning_images, changed=changed)
-            else:
-                if directory is not None:
-                    directory.write_settings(config)
-                journal.write("start", time=now(), budget=config.budget, step_images=plan.step_images,
-                              plan=plan.to_dict())
             with StopRequest() as stop:
                 return Run(config, model, prompt, splits, plan, loss_fn, state, out, journal, stop, local).execute()
         finally:
             journal.close()
+
+
+def _make_search(config: RunConfig, x0: np.ndarray, torch_model: TorchClassifierBackend | None) -> Optimizer | Whitebox:
+    """The run's optimizer at the initial prompt ``x0``: a gradient method on ``torch_model`` (the target's own
+    model, or the shadow method's surrogate), else a search with ``--optimizer-options``."""
+    method = OPTIMIZERS.factory_of(config.optimizer)
+    if torch_model is not None:
+        torch_model.model.requires_grad_(False)
+        return method(x0, config.lr, torch_model.device)
+    return make_optimizer(config.optimizer, x0, seed=config.seed, **OPTIMIZERS.parse_options(
+        config.optimizer, config.optimizer_options, "--optimizer-options"))
+
+
+def _open_journal(config: RunConfig, directory: RunDirectory | None, state: RunState, plan: Plan,
+                  resuming: bool, changed: dict) -> Journal:
+    """The run's journal, its first record written: ``start``, or ``resume`` with the images a crash lost."""
+    journal = Journal(directory.journal if directory is not None else None, echo=sys.stdout if config.jsonl else None,
+                      append=resuming)
+    if resuming:
+        lost = count_lost_images(state, directory.journal) if directory is not None else 0
+        if changed and directory is not None:  # settings that do not change what the run computes
+            directory.write_settings(config)  # the next resume keeps them
+        journal.write("resume", time=now(), phase=state.phase, step=state.steps, images_lost=lost,
+                      images=state.ledger.learning_images, changed=changed)
+    else:
+        if directory is not None:
+            directory.write_settings(config)
+        journal.write("start", time=now(), budget=config.budget, step_images=plan.step_images, plan=plan.to_dict())
+    return journal
 
 
 def count_lost_images(state: RunState, journal: Path) -> int:

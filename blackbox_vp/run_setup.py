@@ -38,24 +38,15 @@ def parameterization_of(config: RunConfig) -> str:
 
 
 def build_prompt(config: RunConfig, canvas_size: tuple[int, int]) -> Prompt:
-    parameterization_options = {"grid": {"grid": config.grid}, "dct": {"k": config.dct_k},
-                                "subspace": {"dim": config.subspace_dim, "seed": config.seed}}
-    name = parameterization_of(config)
-    parameterization = PARAMETERIZATIONS.get(name)(canvas_size, **parameterization_options.get(name, {}))
+    """The configured prompt on ``canvas_size``: each option its class takes (``bbvp list prompts``) from the run
+    setting of that name, the border width and patch side resolved by :func:`prompt_sizes`; the parameterization's
+    options from the run settings it names (``Parameterization.run_settings``)."""
+    settings = config.to_dict()
+    kind = PARAMETERIZATIONS.get(parameterization_of(config))
+    parameterization = kind(canvas_size, **{option: settings[name] for option, name in kind.run_settings.items()})
     width, patch = prompt_sizes(config, canvas_size)
-    height, wide = canvas_size
-    if config.prompt in ("padding", "full-frame") and not 2 * width < min(canvas_size):
-        raise ConfigurationError(f"--width {width} is too wide for the model's {height}x{wide} input: a border leaves no image; "
-                         f"use --width {(min(canvas_size) - 1) // 2} or less")
-    if config.prompt in ("fixed-patch", "random-patch") and not patch <= min(canvas_size):
-        raise ConfigurationError(f"--patch {patch} is larger than the model's {height}x{wide} input; use --patch "
-                         f"{min(canvas_size)} or less")
-    prompt_options: dict[str, dict[str, Any]] = {"padding": {"width": width, "placement": config.placement},
-                      "full-frame": {"width": width, "placement": config.placement},
-                      "fixed-patch": {"patch": patch},
-                      "random-patch": {"patch": patch, "seed": config.seed}}
-    return PROMPTS.get(config.prompt)(canvas_size, parameterization=parameterization,
-                                      jpeg_quality=config.jpeg_quality, **prompt_options.get(config.prompt, {}))
+    return PROMPTS.get(config.prompt)(canvas_size, parameterization=parameterization, **PROMPTS.arguments(
+        config.prompt, {**settings, "width": width, "patch": patch}))
 
 
 def loss_of(config: RunConfig) -> Loss:
@@ -387,6 +378,7 @@ def surrogate_prior(config: RunConfig, prompt: Prompt, mapping: OutputMapping, s
         raise ConfigurationError(f"--surrogate {config.surrogate} has other output labels than --backend {config.backend}, so "
                          "the output mapping does not apply to it; use --surrogate none")
     surrogate.model.requires_grad_(False)
+    assert config.batch_size is not None, "surrogate_prior takes the resolved config (resolve sets the batch size)"
     return SurrogatePrior(surrogate, prompt, mapping, loss_of(config), splits.train, config.batch_size,
                           rng=np.random.default_rng(config.seed + 1))
 

@@ -4,6 +4,7 @@ exactly where it was (see :mod:`blackbox_vp.run`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -28,6 +29,21 @@ class Selection:
     searched_theta: np.ndarray | None = None  # the best prompt the search produced (the initial one excluded)
     searched_val: float = -1.0
     history: list[dict] = field(default_factory=list)
+
+    def chosen(self) -> tuple[np.ndarray, OutputMapping]:
+        """The prompt and mapping the test judges, set before it: by the baseline validation (or its skipping)
+        and the phases after it."""
+        if self.best_theta is None or self.best_mapping is None:
+            raise RuntimeError("the prompt and mapping to test are chosen before the test phase")
+        return self.best_theta, self.best_mapping
+
+
+class InitialHead(NamedTuple):
+    """The initial prompt's head and what a head stage judges it by (not saved: read from the run state)."""
+
+    head: OutputMapping  # fitted on the mapping images' scores under the initial prompt
+    cv_correct: int  # of those images, how many it gets right in cross-validation
+    val_scores: torch.Tensor  # the initial prompt's validation scores
 
 
 @dataclass

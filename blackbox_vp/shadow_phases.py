@@ -35,6 +35,7 @@ import torch
 from blackbox_vp.optimizers.guided import Guided
 from blackbox_vp.optimizers.whitebox import ShadowTraining
 from blackbox_vp.run_setup import ShadowPlan
+from blackbox_vp.run_state import ShadowState
 from blackbox_vp.scoring import correct_count, mapped_accuracy
 from blackbox_vp.shadow import ShadowModel
 from blackbox_vp.surrogate import SurrogatePrior
@@ -50,8 +51,19 @@ class ShadowPhases:
 
     def __init__(self, run: Run, model: ShadowModel, plan: ShadowPlan):
         self.run, self.model, self.plan = run, model, plan
+        rng = run.state.prior_rng
+        if rng is None:
+            raise RuntimeError("a shadow run's state has the surrogate prior's generator from its start")
         self.prior = SurrogatePrior(model, run.prompt, run.state.mapping, run.loss_fn, run.splits.train,
-                                    plan.batch_size, run.state.prior_rng)
+                                    plan.batch_size, rng)
+
+    @property
+    def shadow(self) -> ShadowState:
+        """The shadow method's progress in the run state, set when its run starts."""
+        shadow = self.run.state.shadow
+        if shadow is None:
+            raise RuntimeError("the shadow method's state is set when its run starts (RunState.shadow)")
+        return shadow
 
     def table(self) -> dict:
         return {"distil": self.distil, "transfer": self.transfer, "verify": self.verify, "correct": self.correct,
@@ -59,13 +71,13 @@ class ShadowPhases:
 
     def distil(self) -> None:
         """Fit the adapter to every answer so far; first, the surrogate's features of answered images it has not seen."""
-        run, state, shadow = self.run, self.run.state, self.run.state.shadow
+        run, state, shadow = self.run, self.run.state, self.shadow
         if not run.learning.fits(self.verification_left()):
             run.adjust("rounds", f"{shadow.round} of {self.plan.rounds}: the images counted twice after a crash left "
                        f"{run.learning.remaining}, and a round sends {self.plan.round_images}")
             run.end_phase("head")
             return
-        chosen = run.splits.train.images[state.mapping_images]
+        chosen = run.splits.train.images[run.mapping_images]
         with state.ledger.during("surrogate"):
             while len(shadow.features) < len(shadow.answers):
                 theta = self.prompt_of(len(shadow.features))
@@ -79,17 +91,17 @@ class ShadowPhases:
 
     def verification_left(self) -> int:
         """Images the verification of the round in progress has still to send (fewer after a crash in it)."""
-        shadow = self.run.state.shadow
+        shadow = self.shadow
         keys = (f"verify:{shadow.round}:mapping", f"validation:{shadow.round + 1}")
         return self.plan.round_images - sum(self.run.answered(key) for key in keys)
 
     def prompt_of(self, answer: int) -> np.ndarray:
         """The prompt the ``answer``-th answers were given under: the initial one, then each round's."""
-        return self.run.prompt.initial() if answer == 0 else self.run.state.shadow.rounds[answer - 1]["theta"]
+        return self.run.prompt.initial() if answer == 0 else self.shadow.rounds[answer - 1]["theta"]
 
     def transfer(self) -> None:
         """``--epochs`` epochs of white-box steps on the shadow; stops between steps on Ctrl-C."""
-        run, state, shadow, train = self.run, self.run.state, self.run.state.shadow, self.run.splits.train
+        run, state, shadow, train = self.run, self.run.state, self.shadow, self.run.splits.train
         steps = self.plan.epochs * -(-len(train) // self.plan.batch_size)
         losses = []
         with state.ledger.during("surrogate"):
@@ -112,7 +124,7 @@ class ShadowPhases:
 
     def verify(self) -> None:
         """The target scores the mapping images and the validation split under the trained (or corrected) prompt."""
-        run, state, shadow, train = self.run, self.run.state, self.run.state.shadow, self.run.splits.train
+        run, state, shadow, train = self.run, self.run.state, self.shadow, self.run.splits.train
         if not run.learning.fits(self.verification_left()):  # only after a crash in it, its images counted twice
             run.adjust(f"round {shadow.round + 1}", f"not verified: the images counted twice after a crash left "
                        f"{run.learning.remaining}, and its verification needs {self.verification_left()} more")
@@ -120,10 +132,10 @@ class ShadowPhases:
             return
         theta = (shadow.correction or state.optimizer).recommend()
         with state.ledger.during("optimization"):
-            answers = run.scored(f"verify:{shadow.round}:mapping", theta, train.images[state.mapping_images])
+            answers = run.scored(f"verify:{shadow.round}:mapping", theta, train.images[run.mapping_images])
         state.steps = shadow.round + 1
         if state.mapping.refit:  # an iterative mapping follows the prompt (ILM-VP): refitted on its own answers
-            state.mapping.fit(answers, torch.from_numpy(train.labels[state.mapping_images]), len(train.classes))
+            state.mapping.fit(answers, torch.from_numpy(train.labels[run.mapping_images]), len(train.classes))
         val_accuracy, val_scores = run.validate(theta, None)
         record: dict[str, Any] = {"round": shadow.round + 1, "theta": theta, "corrected": shadow.correction is not None,
                   "val_accuracy": val_accuracy}
@@ -144,7 +156,7 @@ class ShadowPhases:
     def correct(self) -> None:
         """Guided steps on the target from the best round's prompt, the shadow's gradient as the prior; stops
         between steps on Ctrl-C. Then the corrected prompt is verified, unless no step could be taken."""
-        run, state, shadow, plan, train = self.run, self.run.state, self.run.state.shadow, self.plan, self.run.splits.train
+        run, state, shadow, plan, train = self.run, self.run.state, self.shadow, self.plan, self.run.splits.train
         if shadow.correction is None:
             shadow.correction = Guided(self.best_round()["theta"], seed=run.config.seed)
         optimizer = shadow.correction
@@ -169,15 +181,15 @@ class ShadowPhases:
     def best_round(self) -> dict:
         """The round whose prompt is best: on the pooled judgement of its head, else on validation accuracy
         under the search mapping (the first of equals)."""
-        return max(self.run.state.shadow.rounds,
+        return max(self.shadow.rounds,
                    key=(lambda record: record["head_cv"] + record["head_val"]) if self.run.state.head is not None
                    else (lambda record: record["val_accuracy"]))
 
     def head_on(self, answers: torch.Tensor):
         """A head fitted on a prompt's scores of the mapping images."""
-        state, train = self.run.state, self.run.splits.train
-        labels = torch.from_numpy(train.labels[state.mapping_images])
-        return copy.deepcopy(state.head).fit(answers.double(), labels, len(train.classes))
+        run, train = self.run, self.run.splits.train
+        labels = torch.from_numpy(train.labels[run.mapping_images])
+        return copy.deepcopy(run.head).fit(answers.double(), labels, len(train.classes))
 
     def choose_head(self) -> None:
         """Keep the round whose head is best on the pooled judgement, if it beats the initial prompt's head."""
@@ -185,15 +197,15 @@ class ShadowPhases:
         if state.head is None:
             run.refit_head()  # kept by validation under the search mapping, as for a search
             return
-        judged = len(state.mapping_images) + len(val)
-        initial_pooled = (state.initial_head_cv + correct_count(state.initial_head, state.baseline_val_scores,
-                                                                val.labels)) / judged
-        selection.baseline_val = mapped_accuracy(state.initial_head, state.baseline_val_scores, val.labels)
-        pooled = {record["round"]: (record["head_cv"] + record["head_val"]) / judged for record in state.shadow.rounds}
-        best = self.best_round() if state.shadow.rounds else None
+        initial, rounds = run.initial_head(), self.shadow.rounds
+        judged = len(run.mapping_images) + len(val)
+        initial_pooled = (initial.cv_correct + correct_count(initial.head, initial.val_scores, val.labels)) / judged
+        selection.baseline_val = mapped_accuracy(initial.head, initial.val_scores, val.labels)
+        pooled = {record["round"]: (record["head_cv"] + record["head_val"]) / judged for record in rounds}
+        best = self.best_round() if rounds else None
         verdict = ", ".join(f"round {record['round']}{' (corrected)' if record['corrected'] else ''} "
-                            f"{pooled[record['round']]:.4f}" for record in state.shadow.rounds)
-        why = (f"pooled accuracy of each prompt's head (5-fold cross-validation on {len(state.mapping_images)} "
+                            f"{pooled[record['round']]:.4f}" for record in rounds)
+        why = (f"pooled accuracy of each prompt's head (5-fold cross-validation on {len(run.mapping_images)} "
                f"mapping images and {len(val)} validation images): {verdict or 'no round'}; the initial prompt's "
                f"{initial_pooled:.4f}")
         if best is not None and pooled[best["round"]] > initial_pooled:
@@ -201,7 +213,7 @@ class ShadowPhases:
             selection.best_val = best["head_val"] / len(val)
             state.kept = {"prompt": "searched", "why": f"round {best['round']}: {why}"}
         else:
-            selection.best_theta, selection.best_mapping = run.prompt.initial(), state.initial_head
+            selection.best_theta, selection.best_mapping = run.prompt.initial(), initial.head
             selection.best_val = selection.baseline_val
             state.kept = {"prompt": "initial", "why": why}
         selection.history.append({"images": run.learning.images_sent, "step": state.steps, "head": True,

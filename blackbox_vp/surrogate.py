@@ -37,6 +37,7 @@ class SurrogatePrior:
         parameters = torch.tensor(theta, dtype=torch.float32, device=device, requires_grad=True)
         probabilities = self.surrogate.logits(self.prompt.apply_differentiable(parameters, images)).softmax(dim=1)
         self.loss(self.mapping.probabilities(probabilities.cpu().double()), labels).mean().backward()
+        assert parameters.grad is not None, "backward fills the gradient of a leaf that requires it"
         gradient = parameters.grad.detach().cpu().numpy().astype(np.float64)
         norm = np.linalg.norm(gradient)
         return -gradient / norm if norm > 0 else gradient

@@ -21,13 +21,31 @@ from backends.toy import ToyBackend
 from backends.toy_torch import toy_torch_backend
 from blackbox_vp.data import TASKS
 from blackbox_vp.losses import LOSSES
+from blackbox_vp.mappings import MAPPINGS
 from blackbox_vp.optimizers import OPTIMIZERS, make_optimizer, search_names
-from blackbox_vp.testing import BackendContract, LossContract, OptimizerContract, TaskContract
+from blackbox_vp.parameterizations import PARAMETERIZATIONS
+from blackbox_vp.prompts import PROMPTS
+from blackbox_vp.testing import (
+    BackendContract,
+    LossContract,
+    MappingContract,
+    OptimizerContract,
+    ParameterizationContract,
+    PromptContract,
+    TaskContract,
+)
 from blackbox_vp.testing.optimizers import DIMENSION, run_steps
 
 SEARCHES = [*search_names(), "ng:TwoPointsDE"]  # ng:<...> through two of its names
 RECORDED = Path(__file__).parent / "recorded" / "optimizers.json"
 RECORDED_STEPS = 5
+
+
+def sphere_options(name: str) -> dict:
+    """The options under which ``name`` descends the unit-scale sphere. BlackVIP's lr0 = 10 diverges on
+    ||x - t||^2 (tests/test_optimizers.py uses the same), and a diverging search amplifies the last bit in
+    which two CPUs' exp and log differ into the recorded outputs."""
+    return {"lr": 0.1, "lr_min": 0.001} if name == "rge" else {}
 
 
 @pytest.fixture(params=SEARCHES)
@@ -39,8 +57,7 @@ class TestEveryOptimizer(OptimizerContract):
     @pytest.fixture(autouse=True)
     def _name(self, optimizer_name):
         self.name = optimizer_name
-        # BlackVIP's lr0 = 10 diverges on ||x - t||^2 (tests/test_optimizers.py uses the same)
-        self.sphere_options = {"lr": 0.1, "lr_min": 0.001} if optimizer_name == "rge" else {}
+        self.sphere_options = sphere_options(optimizer_name)
 
 
 def test_the_searches_cover_every_registered_optimizer():
@@ -51,7 +68,7 @@ def recorded_outputs() -> dict[str, list[float]]:
     """Each search's recommendation after 5 steps on the shifted sphere from 0, seed 0."""
     outputs = {}
     for name in SEARCHES:
-        optimizer = make_optimizer(name, np.zeros(DIMENSION), seed=0)
+        optimizer = make_optimizer(name, np.zeros(DIMENSION), seed=0, **sphere_options(name))
         run_steps(optimizer, RECORDED_STEPS)
         outputs[name] = [round(float(value), 12) for value in optimizer.recommend()]
     return outputs
@@ -129,3 +146,55 @@ class TestEveryTask(TaskContract):
     @pytest.fixture(autouse=True)
     def _name(self, task_name):
         self.name = task_name
+
+
+MAPPING_OPTIONS = {"multilabel": {"labels_per_class": 3}, "linear": {"l2": 0.1}}
+
+
+@pytest.fixture(params=MAPPINGS.names())
+def mapping_name(request):
+    return request.param
+
+
+class TestEveryMapping(MappingContract):
+    @pytest.fixture(autouse=True)
+    def _name(self, mapping_name):
+        self.name = mapping_name
+        self.options = MAPPING_OPTIONS.get(mapping_name, {})
+        self.classes_are_labels = mapping_name == "identity"  # the backend's labels are the classes
+
+
+PARAMETERIZATION_OPTIONS = {"full": {}, "grid": {"grid": 3}, "dct": {"k": 3}, "subspace": {"dim": 12, "seed": 1, "grid": 4}}
+PROMPT_OPTIONS = {"padding": {"width": 5}, "full-frame": {"width": 5, "placement": "overlay"},
+                  "fixed-patch": {"patch": 8}, "random-patch": {"patch": 8, "seed": 3}}
+
+
+def test_the_prompt_suites_cover_every_registered_prompt_and_parameterization():
+    assert set(PROMPT_OPTIONS) == set(PROMPTS.names())
+    assert set(PARAMETERIZATION_OPTIONS) == set(PARAMETERIZATIONS.names())
+
+
+@pytest.fixture(params=PARAMETERIZATIONS.names())
+def parameterization_name(request):
+    return request.param
+
+
+class TestEveryParameterization(ParameterizationContract):
+    @pytest.fixture(autouse=True)
+    def _name(self, parameterization_name):
+        self.name = parameterization_name
+        self.options = PARAMETERIZATION_OPTIONS[parameterization_name]
+
+
+@pytest.fixture(params=[(prompt, parameterization) for prompt in PROMPTS.names()
+                        for parameterization in PARAMETERIZATIONS.names()], ids="-".join)
+def prompt_and_parameterization(request):
+    return request.param
+
+
+class TestEveryPromptWithEveryParameterization(PromptContract):
+    @pytest.fixture(autouse=True)
+    def _name(self, prompt_and_parameterization):
+        self.name, self.parameterization = prompt_and_parameterization
+        self.options = PROMPT_OPTIONS[self.name]
+        self.parameterization_options = PARAMETERIZATION_OPTIONS[self.parameterization]

@@ -21,7 +21,8 @@ from hypothesis.extra import numpy as hnp
 from backends.base import Backend
 from backends.http import HTTPBackend
 from backends.http.codecs import FORMATS, Call
-from backends.http.server import create_app, decode_image
+from backends.http.server import create_app
+from backends.http.serving import decode_image
 
 SETTINGS = settings(max_examples=100, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -22,7 +22,7 @@ from PIL import Image
 
 from backends import BackendWrapper, CountingBackend
 from backends.base import BackendError
-from backends.http import HTTPBackend
+from backends.http import HTTPBackend, PartialAnswerWarning
 from backends.http.codecs import png_base64
 from backends.http.server import Faults, Limits, bind, create_app
 from backends.toy import ToyBackend
@@ -113,6 +113,47 @@ def test_each_format_gives_the_local_models_scores_and_is_counted(url, images, f
     assert after["requests"] - before["requests"] == (70 if format.startswith("hf") else 2)  # max_batch 64
 
 
+@pytest.mark.parametrize("format, path, batched", [
+    ("kserve-v1", "", True),  # the server's URL: the model's is found in GET /v1/models
+    ("torchserve", "/predictions/toy", False),
+    ("openai-chat", "/openai", False),
+])
+def test_the_other_formats_give_the_local_models_scores_too(url, images, format, path, batched):
+    """Every client codec is tested against this server: here the three formats without label metadata."""
+    model = HTTPBackend(url + path, format, labels=TOY.labels, image_size=(64, 64), max_batch=8)
+    before = stats(url)
+    try:
+        if format == "torchserve":  # the top 5 of 20 labels come back; the client fills the rest and says so
+            with pytest.warns(PartialAnswerWarning, match="only 5 of its 20 labels"):
+                scores = model.query(images[:12])
+        else:
+            scores = model.query(images[:12])
+    finally:
+        model.close()
+    expected = TOY.query(images[:12])
+    if format == "torchserve":
+        top = np.argsort(-expected, axis=1)[:, :5]
+        np.testing.assert_allclose(np.take_along_axis(scores, top, 1), np.take_along_axis(expected, top, 1),
+                                   rtol=1e-9)
+        assert (np.sort(scores, axis=1)[:, :15] <= np.take_along_axis(expected, top, 1)[:, -1:]).all()
+    else:
+        np.testing.assert_allclose(scores, expected, rtol=1e-9)  # all 20 labels named (chat: 20 top_logprobs)
+    after = stats(url)
+    assert after["images"] - before["images"] == 12
+    requests = after["requests"] - before["requests"]
+    assert requests == 12 if not batched else 2 < requests < 12  # batches grow from 1 image up to max_batch 8
+
+
+def test_each_protocols_metadata_names_the_served_model(url):
+    assert httpx.get(f"{url}/v1/models").json() == {"models": ["toy"]}
+    assert httpx.get(f"{url}/v1/models/toy").json() == {"name": "toy", "ready": True}
+    assert httpx.get(f"{url}/ping").json() == {"status": "Healthy"}
+    assert [entry["id"] for entry in httpx.get(f"{url}/openai/v1/models").json()["data"]] == ["toy"]
+    for path in ("/v1/models/resnet:predict", "/predictions/resnet"):
+        missing = httpx.post(url + path, content=b"")
+        assert missing.status_code == 404 and "'resnet' not found" in missing.json()["error"]
+
+
 def test_zero_shot_scores_are_renormalized_over_the_candidates(url, images):
     candidates = TOY.labels[3:7]
     model = HTTPBackend(f"{url}/hf/models/toy", "hf-zero-shot", labels=candidates, image_size=(64, 64))
@@ -153,6 +194,15 @@ def test_oip_uint8_tensors_and_raw_hf_bytes_are_accepted(url, images):
      "top_k"),
     ("/hf/models/toy", {"inputs": png_base64(np.zeros((64, 64, 3), np.uint8)),
                         "parameters": {"candidate_labels": ["cat"]}}, 400, "candidate_labels"),
+    ("/v1/models/toy:predict", {"instances": [{"b64": "x"}]}, 400, r"instances\[0\] must be"),
+    ("/v1/models/toy:predict", {"instances": []}, 400, "no images"),
+    ("/openai/v1/chat/completions", {"model": "gpt", "messages": []}, 404, "'gpt' not found"),
+    ("/openai/v1/chat/completions", {"model": "toy", "messages": [{"role": "user", "content": "hi"}]}, 400,
+     "hold 0 images"),
+    ("/openai/v1/chat/completions", {"model": "toy", "logprobs": True, "top_logprobs": 21, "messages": []}, 400,
+     "top_logprobs must be"),
+    ("/openai/v1/chat/completions", {"model": "toy", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]}, 400, "must be a data URL"),
 ])
 def test_limits_and_bad_requests_get_clear_errors(url, path, body, status, match):
     before = stats(url)

@@ -27,7 +27,7 @@ def test_zero_theta_is_a_grey_border():
 
 
 def test_prompt_wider_than_the_image_is_refused():
-    with pytest.raises(ValueError, match="between 1 and 31"):
+    with pytest.raises(ValueError, match="--width 32 is too wide for the model.s 64x64 input.*use --width 31 or less"):
         PaddingPrompt((64, 64), width=32)
 
 

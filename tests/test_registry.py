@@ -38,12 +38,25 @@ def test_a_prefix_entry_takes_the_rest_of_the_name_and_the_fallback_what_it_acce
     assert things.get("ng:TBPSA")(scale=2) == ("TBPSA", 2)
     assert things.get("abc")(scale=2) == "abcabc"
     assert things.names() == ["ng:<...>"] and things.options("ng:<...>") == {"scale": 1}
+    assert things.entry("ng:TBPSA") is things.entry("ng:<...>") is not None and things.entry("abc") is None
+    assert things.options("ng:TBPSA") == {"scale": 1} and things.options("abc") == {}  # the fallback takes none
+    assert things.parse_options("ng:TBPSA", "scale=3", "--thing-options") == {"scale": 3}
+    with pytest.raises(ConfigurationError, match="unknown thing 'abcd'"):
+        things.options("abcd")
     assert "ng:x" in things and "abc" in things and "abcd" not in things
     with pytest.raises(ConfigurationError, match="thing 'ng:' needs what follows the prefix: any ng thing"):
         things.get("ng:")
     with pytest.raises(ConfigurationError, match=r"unknown thing 'abcd'; choose one of: ng:<\.\.\.>, or a word of "
                                                   "three letters"):
         things.get("abcd")
+
+
+def test_a_prefix_shows_its_example_name():
+    things = Registry("thing")
+    things.register("ng:", "any ng thing", example="ng:OnePlusOne")(lambda rest: rest)
+    things.register("plain", "a plain entry")(lambda: None)
+    assert [things.example(name) for name in things.names()] == ["ng:OnePlusOne", "plain"]
+    assert OPTIMIZERS.example("ng:<...>") == "ng:OnePlusOne"
 
 
 def test_the_project_registries_resolve_prefixes_and_folders(tmp_path):

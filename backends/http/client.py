@@ -50,7 +50,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from backends.base import Backend, check_images, check_scores
+import backends.http.protocols  # noqa: F401  (its modules register the formats)
+from backends.base import Backend, check_images, check_scores, pixel_size
 from backends.errors import (
     BackendError,
     CodecError,
@@ -58,14 +59,7 @@ from backends.errors import (
     RetryableError,
     ScoresError,
 )
-from backends.http.codecs import (
-    FORMATS,
-    Call,
-    FloatInput,
-    ModelInfo,
-    OipV2Codec,
-    OpenAIChatCodec,
-)
+from backends.http.codecs import FORMATS, Call, CodecOptions, FloatInput, ModelInfo
 from backends.http.scores import check_kind, detect, to_probabilities
 
 T = TypeVar("T")
@@ -75,6 +69,16 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 FailureHook = Callable[[dict[str, Any]], None]
 """Called with one event per failed attempt (see :meth:`HTTPBackend._failed`); never sees the token."""
+
+
+def check_url(url: str) -> None:
+    """Refuse a backend URL that is not http(s) or that carries credentials."""
+    parts = urlsplit(url)
+    if parts.password is not None or "@" in parts.netloc:
+        raise ConfigurationError("the backend URL holds credentials (user:password@host); take them out and pass the "
+                                 "token through an environment variable (--token-env) or a token file (--token-file)")
+    if not is_url(url):
+        raise ConfigurationError(f"backend URL {url!r} must start with http:// or https://")
 
 
 def is_url(name: str) -> bool:
@@ -358,6 +362,8 @@ class HTTPBackend(Backend):
     out waiting for the answer (possibly scored and billed), images answered and their cost.
     """
 
+    reports_traffic = True
+
     def __init__(self, url: str, format: str = "bbvp", *, labels: Sequence[str] | None = None,
                  image_size: tuple[int, int] | None = None, max_batch: int | None = None,
                  concurrency: int = 4, timeout: float = 60.0, max_attempts: int = 6,
@@ -368,12 +374,7 @@ class HTTPBackend(Backend):
                  verify: bool | str | Path = True, scores: str = "auto", input_mean: str | None = None,
                  input_std: str | None = None, input_layout: str | None = None, chat_model: str | None = None,
                  on_failure: FailureHook | None = None, transport: httpx.AsyncBaseTransport | None = None):
-        parts = urlsplit(url)
-        if parts.password is not None or "@" in parts.netloc:
-            raise ConfigurationError("the backend URL holds credentials (user:password@host); take them out and pass the "
-                             "token through an environment variable (--token-env) or a token file (--token-file)")
-        if not is_url(url):
-            raise ConfigurationError(f"backend URL {url!r} must start with http:// or https://")
+        check_url(url)
         for name, value in (("concurrency", concurrency), ("max_attempts", max_attempts), ("max_batch", max_batch)):
             if value is not None and value < 1:
                 raise ConfigurationError(f"{name} must be at least 1, got {value}")
@@ -381,14 +382,11 @@ class HTTPBackend(Backend):
             raise ConfigurationError("timeout must be > 0; backoff, max_backoff, max_retry_after and cost_per_image >= 0")
         self.url = url.rstrip("/")
         self.format = format
-        self.codec = FORMATS.get(format)(self.url)
-        if isinstance(self.codec, OipV2Codec):  # the normalization of a model that takes FP32 pixels
-            self.codec.float_input = float_input(input_mean, input_std, input_layout)
-        if isinstance(self.codec, OpenAIChatCodec):
-            self.codec.model = chat_model
+        options = CodecOptions(float_input=float_input(input_mean, input_std, input_layout), chat_model=chat_model)
+        self.codec = FORMATS.get(format)(self.url, options)
+        self.score_kind: str | None = scores
         if check_kind(scores) == "auto":  # the first answer tells, where the format passes on the model's outputs
-            scores = None if self.codec.model_outputs else "probabilities"
-        self.score_kind = scores
+            self.score_kind = None if self.codec.model_outputs else "probabilities"
         self.max_attempts = max_attempts
         self.cost_per_image = cost_per_image
         self.requests = 0  # HTTP requests sent, retries and metadata included
@@ -405,24 +403,28 @@ class HTTPBackend(Backend):
         self._concurrency = concurrency
         self._semaphore = asyncio.Semaphore(concurrency)
         self._token = self._read_token(token_env, token_file, torchserve_key_file)
-        headers = {}
-        if self._token is not None:
-            is_bearer = token_header.lower() == "authorization"
-            headers[token_header] = f"Bearer {self._token}" if is_bearer else self._token
-            if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
-                log.warning("the API token goes to %s over plain http, readable on the way; use https", self.url)
         tls = self._tls(verify)
         self._loop = _LoopThread(name=f"bbvp-http {self.url}")
         self._encoder = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="bbvp-encode")
         self._client = httpx.AsyncClient(
-            headers=headers, transport=transport, follow_redirects=False, verify=tls,
+            headers=self._auth_headers(token_header), transport=transport, follow_redirects=False, verify=tls,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency))
         try:
-            self._configure(self._discover(), labels, image_size, max_batch)
+            self._configure(self._discover(), labels, image_size, max_batch, timeout)
         except BaseException:
             self.close()
             raise
+
+    def _auth_headers(self, token_header: str) -> dict[str, str]:
+        """The token's header (none without a token); warns where it would cross the network unencrypted."""
+        if self._token is None:
+            return {}
+        parts = urlsplit(self.url)
+        if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
+            log.warning("the API token goes to %s over plain http, readable on the way; use https", self.url)
+        is_bearer = token_header.lower() == "authorization"
+        return {token_header: f"Bearer {self._token}" if is_bearer else self._token}
 
     @staticmethod
     def _read_token(token_env: str | None, token_file: str | Path | None,
@@ -473,8 +475,9 @@ class HTTPBackend(Backend):
             raise BackendError(self._mask(f"{self.format} server at {self.url}: {error}")) from None
 
     def _configure(self, info: ModelInfo, labels: Sequence[str] | None, image_size: tuple[int, int] | None,
-                   max_batch: int | None) -> None:
-        """Settle labels, image size and batch limit from the server's metadata and the arguments."""
+                   max_batch: int | None, timeout: float) -> None:
+        """Settle labels, image size and batch limit from the server's metadata and the arguments; the request
+        sizer keeps each request's projected time within its share of ``timeout`` (the seconds to each answer)."""
         where = f"{self.format} server at {self.url}"
         if info.labels is not None and labels is not None and list(labels) != info.labels:
             first = next((i for i, (a, b) in enumerate(zip(labels, info.labels)) if a != b), None)
@@ -505,10 +508,10 @@ class HTTPBackend(Backend):
         if info.image_size is not None and image_size is not None and tuple(image_size) != info.image_size:
             raise ConfigurationError(f"image_size {tuple(image_size)} given, but {where} takes {info.image_size}")
         self.labels = chosen
-        self.image_size = info.image_size or (tuple(image_size) if image_size is not None else (224, 224))
+        self.image_size = info.image_size or (pixel_size(image_size) if image_size is not None else (224, 224))
         limits = [limit for limit in (info.max_batch, max_batch, None if self.codec.batched else 1) if limit]
         self.max_batch = min(limits) if limits else sys.maxsize
-        self.sizer = RequestSizer(self.max_batch, self._client.timeout.read)
+        self.sizer = RequestSizer(self.max_batch, timeout)
 
     def query(self, images: np.ndarray) -> np.ndarray:
         """Score ``images`` (uint8, N x H x W x 3) in requests of ``sizer.limit`` images, sent concurrently."""

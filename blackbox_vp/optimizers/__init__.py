@@ -20,8 +20,8 @@ def make_optimizer(name: str, x0, seed: int = 0, **options) -> Optimizer:
 
 def search_names() -> list[str]:
     """The ask/tell searches by name (not the gradient methods), ``ng:<...>`` given as ``ng:OnePlusOne``."""
-    return [name if name != "ng:<...>" else "ng:OnePlusOne" for name in OPTIMIZERS.names()
-            if not OPTIMIZERS.factory_of(name.replace("<...>", "OnePlusOne")).needs_gradients]
+    examples = [OPTIMIZERS.example(name) for name in OPTIMIZERS.names()]
+    return [name for name in examples if not OPTIMIZERS.factory_of(name).needs_gradients]
 
 
 __all__ = ["OPTIMIZERS", "Optimizer", "make_optimizer", "search_names"]

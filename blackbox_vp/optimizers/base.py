@@ -13,6 +13,7 @@ of the last ``ask``, and ``steps`` counts the tells. A new optimizer implements 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar, final
 
 import numpy as np
@@ -36,6 +37,7 @@ class Optimizer(ABC):
     needs_gradients: ClassVar[bool] = False
     trains_on_surrogate: ClassVar[bool] = False
     _asked: np.ndarray | None = None  # the rows of the last ask, until they are told (class default: old pickles)
+    prior: Callable[[np.ndarray], np.ndarray] | None = None  # set by the run where accepts_prior (class default)
 
     def __init__(self, x0: np.ndarray, seed: int = 0):
         self.x0 = np.asarray(x0, dtype=np.float64).copy()

@@ -13,7 +13,8 @@ from blackbox_vp.optimizers.nevergrad_base import NevergradOptimizer
 
 
 @OPTIMIZERS.register("ng:", "any nevergrad optimizer by registry name, e.g. ng:OnePlusOne, ng:TBPSA, "
-                                  "ng:TwoPointsDE; 4 + floor(3 ln d) candidates a step (1 for sequential ones)")
+                                  "ng:TwoPointsDE; 4 + floor(3 ln d) candidates a step (1 for sequential ones)",
+                     example="ng:OnePlusOne")
 class NevergradAny(NevergradOptimizer):
     """Nevergrad's own ask/tell with ``num_workers`` = candidates per step.
 

@@ -44,6 +44,7 @@ class SPSA(Optimizer):
         return np.stack([self.w + ck * self._delta, self.w - ck * self._delta])
 
     def _tell(self, candidates: np.ndarray, losses: np.ndarray) -> None:
+        assert self._delta is not None, "tell follows the ask that drew the perturbation (Optimizer.tell checks)"
         ck = self.perturbation_size()
         gradient = (losses[0] - losses[1]) / (2 * ck * self._delta)
         self.w = self.w - self.step_size * gradient

@@ -51,6 +51,7 @@ class SPSAGC(Optimizer):
         return np.concatenate([self.w + ck * self._deltas, self.w - ck * self._deltas])  # rows s, then K + s
 
     def _tell(self, candidates: np.ndarray, losses: np.ndarray) -> None:
+        assert self._deltas is not None, "tell follows the ask that drew the perturbations (Optimizer.tell checks)"
         ck = self.perturbation_size()
         differences = losses[:self.K] - losses[self.K:]
         gradient = (differences[:, None] / (2 * ck * self._deltas)).mean(axis=0)

@@ -64,6 +64,7 @@ class Whitebox:
     needs_gradients: ClassVar[bool] = True
     trains_on_surrogate: ClassVar[bool] = False
     accepts_prior: ClassVar[bool] = False
+    candidates_per_step: ClassVar[int] = 1  # one prompt trained per step, on the step's images
 
     def __init__(self, x0: np.ndarray, lr: float, device: str | torch.device = "cpu"):
         self.lr = lr

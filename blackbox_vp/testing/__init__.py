@@ -12,7 +12,11 @@ pytest, which the ``test`` extra installs.
 
 from blackbox_vp.testing.backends import BackendContract
 from blackbox_vp.testing.losses import LossContract
+from blackbox_vp.testing.mappings import MappingContract
 from blackbox_vp.testing.optimizers import OptimizerContract
+from blackbox_vp.testing.parameterizations import ParameterizationContract
+from blackbox_vp.testing.prompts import PromptContract
 from blackbox_vp.testing.tasks import TaskContract
 
-__all__ = ["BackendContract", "LossContract", "OptimizerContract", "TaskContract"]
+__all__ = ["BackendContract", "LossContract", "MappingContract", "OptimizerContract", "ParameterizationContract",
+           "PromptContract", "TaskContract"]
