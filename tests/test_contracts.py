@@ -16,7 +16,7 @@ import pytest
 from test_http_client import bbvp_server
 
 from backends import BACKENDS, CachingBackend, CountingBackend, LabelOnlyBackend, TopKBackend
-from backends.http import HTTPBackend
+from backends.http import FORMATS, HTTPBackend
 from backends.toy import ToyBackend
 from backends.toy_torch import toy_torch_backend
 from blackbox_vp.data import TASKS
@@ -27,6 +27,7 @@ from blackbox_vp.parameterizations import PARAMETERIZATIONS
 from blackbox_vp.prompts import PROMPTS
 from blackbox_vp.testing import (
     BackendContract,
+    FormatContract,
     LossContract,
     MappingContract,
     OptimizerContract,
@@ -198,3 +199,19 @@ class TestEveryPromptWithEveryParameterization(PromptContract):
         self.name, self.parameterization = prompt_and_parameterization
         self.options = PROMPT_OPTIONS[self.name]
         self.parameterization_options = PARAMETERIZATION_OPTIONS[self.parameterization]
+
+
+FORMAT_PATHS = {"bbvp": "", "oip-v2": "", "kserve-v1": "", "torchserve": "/predictions/toy",
+                "hf-image-classification": "/hf/models/toy", "hf-zero-shot": "/hf/models/toy", "openai-chat": "/openai"}
+
+
+@pytest.fixture(params=FORMATS.names())
+def format_name(request):
+    return request.param
+
+
+class TestEveryFormatAgainstOurServer(FormatContract):
+    @pytest.fixture(autouse=True)
+    def _name(self, format_name):
+        self.name, self.path = format_name, FORMAT_PATHS[format_name]
+        self.top = 5 if format_name == "torchserve" else None

@@ -11,6 +11,7 @@ pytest, which the ``test`` extra installs.
 """
 
 from blackbox_vp.testing.backends import BackendContract
+from blackbox_vp.testing.formats import FormatContract
 from blackbox_vp.testing.losses import LossContract
 from blackbox_vp.testing.mappings import MappingContract
 from blackbox_vp.testing.optimizers import OptimizerContract
@@ -18,5 +19,5 @@ from blackbox_vp.testing.parameterizations import ParameterizationContract
 from blackbox_vp.testing.prompts import PromptContract
 from blackbox_vp.testing.tasks import TaskContract
 
-__all__ = ["BackendContract", "LossContract", "MappingContract", "OptimizerContract", "ParameterizationContract",
+__all__ = ["BackendContract", "FormatContract", "LossContract", "MappingContract", "OptimizerContract", "ParameterizationContract",
            "PromptContract", "TaskContract"]
