@@ -131,9 +131,9 @@ class _State:
                 self.injected[str(status)] += 1
             return status, truncate < self.faults.truncate_rate
 
-    def count(self, counter: str, images: int = 0) -> None:
+    def served(self, images: int) -> None:
         with self.lock:
-            setattr(self, counter, getattr(self, counter) + 1)
+            self.requests += 1
             self.images += images
 
     def stats(self) -> dict[str, Any]:
@@ -174,7 +174,7 @@ class _State:
             with self.lock:
                 self.injected["truncated"] += 1
             return Response(content[: len(content) // 2], media_type="application/json")
-        self.count("requests", images)
+        self.served(images)
         return Response(content, media_type="application/json")
 
 
@@ -210,7 +210,8 @@ def _endpoint(state: _State, route: Route) -> Callable[[Request], Awaitable[Any]
 def _add_error_handlers(app: FastAPI, state: _State) -> None:
     @app.exception_handler(RequestError)
     async def request_error(request: Request, error: RequestError) -> JSONResponse:
-        state.count("refused")
+        with state.lock:
+            state.refused += 1
         return JSONResponse({"error": error.message}, status_code=error.status)
 
     @app.exception_handler(StarletteHTTPException)
@@ -223,7 +224,8 @@ def _add_error_handlers(app: FastAPI, state: _State) -> None:
     async def upstream_error(request: Request, error: BackendError) -> JSONResponse:
         """The model is itself a remote backend (``bbvp serve --prompt`` in front of a URL) and it failed: 503
         where the upstream was unavailable or rate limited (retrying later may work), else 502, with its reason."""
-        state.count("upstream_failures")
+        with state.lock:
+            state.upstream_failures += 1
         status = 503 if error.status in (429, 503) else 502
         return JSONResponse({"error": f"the upstream model failed: {error}"}, status_code=status)
 

@@ -105,9 +105,13 @@ def data_url_image(request: dict[str, Any]) -> bytes:
     messages = request.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError(400, "'messages' must be a non-empty list")
-    urls = [part.get("image_url", {}).get("url") if isinstance(part.get("image_url"), dict) else None
-            for message in messages if isinstance(message, dict) and isinstance(message.get("content"), list)
-            for part in message["content"] if isinstance(part, dict) and part.get("type") == "image_url"]
+    urls = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else []:
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                image = part.get("image_url")
+                urls.append(image.get("url") if isinstance(image, dict) else None)
     if len(urls) != 1:
         raise RequestError(400, f"the messages hold {len(urls)} images; this model answers about exactly one")
     prefix, _, data = urls[0].partition(";base64,") if isinstance(urls[0], str) else ("", "", "")
