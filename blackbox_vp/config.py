@@ -63,6 +63,11 @@ class RunConfig:
                                            "steps on the target from the best round's prompt with the surrogate's "
                                            "gradient as prior (default: what the rounds leave, less one round's images "
                                            "to verify the corrected prompt; 0: none)")
+    transfer_head_l2: float | None = option(None, "shadow: train the prompt on the surrogate through a linear head "
+                                            "fitted on the shadow's own answers to the training images under the "
+                                            "current prompt (refitted every epoch), with this L2 penalty (1.0 is the "
+                                            "one measured), instead of through the search mapping fitted on the "
+                                            "target's answers (default: off)")
     budget: int = option(20000, "hard limit on images sent while learning (mapping + optimization + validation)")
     batch_size: int | None = option(None, "training images scored per candidate in one step, one minibatch for all "
                                     "(default: 32, fewer when the budget leaves room for under 2 steps of 32)")
@@ -150,6 +155,9 @@ class RunConfig:
                 raise ConfigurationError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not self.cost_per_image >= 0:
             raise ConfigurationError(f"--cost-per-image must be >= 0, got {self.cost_per_image}")
+        if self.transfer_head_l2 is not None and not self.transfer_head_l2 > 0:
+            raise ConfigurationError(f"--transfer-head-l2 must be a positive L2 penalty (leave it out to train through "
+                                     f"the search mapping), got {self.transfer_head_l2}")
         if not self.lr > 0:
             raise ConfigurationError(f"--lr must be a positive learning rate, got {self.lr}")
 

@@ -163,15 +163,17 @@ class LinearHeadMapping(OutputMapping):
     prompts' scores only exploits it); it optimizes the frequency mapping's loss, and the head is
     fitted on the best searched prompt's own scores at the end (see ``blackbox_vp.run``, phase "head").
     Fitted by L-BFGS on scores the run already paid for. ``l2`` is the penalty on the weights,
-    relative to the mean cross-entropy. Differentiable in the scores, so the white-box reference
+    relative to the mean cross-entropy; ``scale_quantile`` floors every feature's scale at that quantile
+    of the scales (0: no floor beyond 1e-6), for a head that a prompt is trained through (the shadow's
+    ``--transfer-head-l2``). Differentiable in the scores, so the white-box reference
     trains through it.
     """
 
     searched_with = "frequency"
 
     def __init__(self, l2: float = 1e-2, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-                 mean: torch.Tensor | None = None, scale: torch.Tensor | None = None):
-        self.l2 = l2
+                 mean: torch.Tensor | None = None, scale: torch.Tensor | None = None, scale_quantile: float = 0.0):
+        self.l2, self.scale_quantile = l2, scale_quantile
         self.weight, self.bias, self.mean, self.scale = weight, bias, mean, scale
 
     @staticmethod
@@ -181,7 +183,9 @@ class LinearHeadMapping(OutputMapping):
     def fit(self, scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> LinearHeadMapping:
         x = self.features(torch.as_tensor(scores, dtype=torch.float64))
         self.mean = x.mean(dim=0)
-        self.scale = x.std(dim=0, correction=int(len(x) > 1)).clamp_min(1e-6)  # one image (--mapping-images 1): 0
+        scale = x.std(dim=0, correction=int(len(x) > 1))  # one image (--mapping-images 1): 0
+        floor = float(torch.quantile(scale, self.scale_quantile)) if self.scale_quantile else 0.0
+        self.scale = scale.clamp_min(max(floor, 1e-6))
         x = (x - self.mean) / self.scale
         y = torch.as_tensor(labels, dtype=torch.long)
         weight = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
@@ -215,13 +219,14 @@ class LinearHeadMapping(OutputMapping):
 
     def state(self) -> dict:
         weight, bias, mean, scale = self.fitted()
-        return {"type": self.name, "l2": self.l2, "weight": weight.tolist(), "bias": bias.tolist(),
-                "mean": mean.tolist(), "scale": scale.tolist()}
+        return {"type": self.name, "l2": self.l2, "scale_quantile": self.scale_quantile, "weight": weight.tolist(),
+                "bias": bias.tolist(), "mean": mean.tolist(), "scale": scale.tolist()}
 
     @classmethod
     def from_state(cls, state: dict) -> LinearHeadMapping:
         tensor = lambda key: torch.tensor(state[key], dtype=torch.float64)  # noqa: E731
-        return cls(state["l2"], tensor("weight"), tensor("bias"), tensor("mean"), tensor("scale"))
+        return cls(state["l2"], tensor("weight"), tensor("bias"), tensor("mean"), tensor("scale"),
+                   state.get("scale_quantile", 0.0))  # prompt files written before it had none
 
 
 @MAPPINGS.register("identity", "the backend's labels are the classes, in order (zero-shot backends given the class names)")

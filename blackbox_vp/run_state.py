@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from blackbox_vp.journal import Ledger
-from blackbox_vp.mappings import OutputMapping
+from blackbox_vp.mappings import LinearHeadMapping, OutputMapping
 from blackbox_vp.optimizers import Optimizer
 from blackbox_vp.optimizers.guided import Guided
 from blackbox_vp.optimizers.whitebox import Whitebox
@@ -77,6 +77,7 @@ class ShadowState:
     rounds: list[dict] = field(default_factory=list)  # {"round", "theta", "corrected", "val_accuracy", and with a head:
     # "head" (fitted on the round's answers), "head_cv", "head_val"}
     correction: Guided | None = None  # the correction phase's search, from its first step on
+    transfer_head: LinearHeadMapping | None = None  # --transfer-head-l2: the head the epoch in progress trains through
 
     def __getstate__(self) -> dict:
         """The checkpoint leaves the features out (4 MB a round of 1,000 images): the distil phase computes

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import torch
 
+from blackbox_vp.mappings import LinearHeadMapping, OutputMapping
 from blackbox_vp.optimizers.guided import Guided
 from blackbox_vp.optimizers.whitebox import ShadowTraining
 from blackbox_vp.run_setup import ShadowPlan
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from blackbox_vp.run import Run
 
 CHECKPOINT_STEPS = 8  # white-box steps between checkpoints in the transfer phase
+TRANSFER_HEAD_SCALE_QUANTILE = 0.5  # --transfer-head-l2: the training head's feature scales floored at their median
 
 
 class ShadowPhases:
@@ -100,16 +102,21 @@ class ShadowPhases:
         return self.run.prompt.initial() if answer == 0 else self.shadow.rounds[answer - 1]["theta"]
 
     def transfer(self) -> None:
-        """``--epochs`` epochs of white-box steps on the shadow; stops between steps on Ctrl-C."""
+        """``--epochs`` epochs of white-box steps on the shadow; stops between steps on Ctrl-C.
+
+        Through the search mapping fitted on the target's answers, or with ``--transfer-head-l2`` through a linear
+        head fitted on the shadow's own answers under the prompt as it is at the start of each epoch."""
         run, state, shadow, train = self.run, self.run.state, self.shadow, self.run.splits.train
-        steps = self.plan.epochs * -(-len(train) // self.plan.batch_size)
+        epoch_steps = -(-len(train) // self.plan.batch_size)
+        steps = self.plan.epochs * epoch_steps
         losses = []
         with state.ledger.during("surrogate"):
             while shadow.transfer_steps < steps:
                 if run.stop.requested:
                     return
+                mapping = self.transfer_mapping(epoch_steps)
                 batch = state.rng.choice(len(train), size=min(self.plan.batch_size, len(train)), replace=False)
-                loss, _ = cast(ShadowTraining, state.optimizer).step(self.model, run.prompt, state.mapping, run.loss_fn,
+                loss, _ = cast(ShadowTraining, state.optimizer).step(self.model, run.prompt, mapping, run.loss_fn,
                                                train.images[batch], train.labels[batch])
                 losses.append(loss)
                 shadow.transfer_steps += 1
@@ -118,9 +125,31 @@ class ShadowPhases:
                 if shadow.transfer_steps % CHECKPOINT_STEPS == 0:
                     run.checkpoint()
         run.journal.write("transfer", round=shadow.round + 1, steps=steps,
+                          through="the search mapping" if run.config.transfer_head_l2 is None else "the shadow's head",
                           loss=round(float(np.mean(losses)), 4) if losses else None)
         shadow.transfer_steps = 0
         run.end_phase("verify")
+
+    def transfer_mapping(self, epoch_steps: int) -> OutputMapping:
+        """What the next step trains through: the search mapping, or with ``--transfer-head-l2`` the shadow's own
+        head, refitted at the start of each epoch (kept in the state, so a resumed epoch trains through the same)."""
+        l2, shadow = self.run.config.transfer_head_l2, self.shadow
+        if l2 is None:
+            return self.run.state.mapping
+        if shadow.transfer_head is None or shadow.transfer_steps % epoch_steps == 0:
+            shadow.transfer_head = self.shadow_head(l2)
+        return shadow.transfer_head
+
+    def shadow_head(self, l2: float) -> LinearHeadMapping:
+        """A linear head fitted on the shadow's answers to every training image under the current prompt: the head
+        the target would get, as the shadow predicts it. Its feature scales are floored at their median
+        (``TRANSFER_HEAD_SCALE_QUANTILE``), so that the prompt cannot gain by moving the labels whose
+        log-probabilities hardly vary."""
+        run, train = self.run, self.run.splits.train
+        theta = cast(ShadowTraining, self.run.state.optimizer).recommend()
+        logits = self.model.adapter.logits(self.model.features(run.prompt.apply(theta[None], train.images)))
+        head = LinearHeadMapping(l2=l2, scale_quantile=TRANSFER_HEAD_SCALE_QUANTILE)
+        return head.fit(logits.softmax(dim=1).double(), torch.from_numpy(train.labels), len(train.classes))
 
     def verify(self) -> None:
         """The target scores the mapping images and the validation split under the trained (or corrected) prompt."""

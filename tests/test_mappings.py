@@ -105,3 +105,17 @@ def test_focal_and_margin_losses():
                                rtol=1e-6)
     np.testing.assert_allclose(margin(probs, labels).numpy(), [np.log(0.1 / 0.9), np.log(0.8 / 0.2)], rtol=1e-6)
     assert margin(torch.tensor([[0.9999, 1e-5]]), torch.tensor([0])).item() == -5.0  # floored at -kappa
+
+
+def test_a_head_with_a_scale_quantile_floors_its_feature_scales_there_and_keeps_it_in_its_state():
+    rng = np.random.default_rng(0)
+    logits = torch.from_numpy(rng.normal(size=(60, 8)) * np.array([1e-4, 1e-3, 0.1, 0.5, 1, 2, 3, 4]))
+    scores, labels = logits.softmax(dim=1), torch.from_numpy(rng.integers(0, 3, size=60))
+    raw = LinearHeadMapping().fit(scores, labels, 3).scale
+    floored = LinearHeadMapping(scale_quantile=0.5).fit(scores, labels, 3)
+    median = torch.quantile(raw, 0.5)
+    assert torch.allclose(floored.scale, raw.clamp_min(median)) and (raw < median).sum() == 4
+    again = LinearHeadMapping.from_state(floored.state())
+    assert again.scale_quantile == 0.5 and torch.equal(again.probabilities(scores), floored.probabilities(scores))
+    older = {key: value for key, value in floored.state().items() if key != "scale_quantile"}  # a prompt file before it
+    assert LinearHeadMapping.from_state(older).scale_quantile == 0.0

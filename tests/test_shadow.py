@@ -135,6 +135,24 @@ def test_a_shadow_run_sends_its_plan_and_journals_each_round(tmp_path):
     assert saved["config"]["epochs"] == 1 and saved["budget_plan"]["why"]["epochs"] == "set (--epochs)"
 
 
+def test_with_transfer_head_l2_the_prompt_is_trained_through_the_shadows_own_head(tmp_path):
+    through_head = optimize(RunConfig(**SHADOW, transfer_head_l2=1.0, out=str(tmp_path / "head")), backend=ToyBackend())
+    through_mapping = optimize(RunConfig(**SHADOW), backend=ToyBackend())
+    transfers = [entry for entry in read_journal(tmp_path / "head" / "journal.jsonl") if entry["event"] == "transfer"]
+    assert [entry["through"] for entry in transfers] == ["the shadow's head"] * 2
+    assert through_head.status == "finished" and through_head.queries_used == through_mapping.queries_used
+    head = load_checkpoint(tmp_path / "head" / "checkpoint").shadow.transfer_head
+    assert head.l2 == 1.0 and head.scale_quantile == 0.5 and head.weight.shape == (20, 10)  # toy labels -> classes
+    assert (head.scale == head.scale.min()).sum() >= len(head.scale) // 2  # floored at their median: half sit there
+    first_round = [entry for entry in through_head.history if entry["step"] == 1]
+    assert first_round != [entry for entry in through_mapping.history if entry["step"] == 1]
+
+
+def test_transfer_head_l2_must_be_positive():
+    with pytest.raises(ValueError, match="--transfer-head-l2 must be a positive"):
+        optimize(RunConfig(**SHADOW, transfer_head_l2=0.0), backend=ToyBackend())
+
+
 def test_the_kept_prompt_is_the_best_heads_round_or_the_initial_one(tmp_path):
     result = optimize(RunConfig(**{**SHADOW, "budget": 2000}), backend=ToyBackend())
     head = result.history[-1]

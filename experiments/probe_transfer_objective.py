@@ -1,0 +1,157 @@
+"""Which loss should the shadow's transfer phase train the prompt on? One round, side by side, no budget plumbing.
+
+    python experiments/probe_transfer_objective.py --data squares --train 700 --val 100 --test 1000 --seed 0
+
+The target scores the training, validation and test images under the grey prompt; the surrogate's label
+adapter is fitted (KL) to the target's training answers (the shadow's priming); then for each objective a
+prompt is trained white-box on the shadow (surrogate + adapter) from grey, and the target scores it: a linear
+head fitted on the target's training answers under that prompt gives the validation and test accuracy.
+
+Objectives:
+- ``frequency``: cross-entropy through the frequency mapping fitted on the target's grey answers (the shadow
+  method's transfer phase today);
+- ``head``: cross-entropy through a linear head fitted on the *shadow's* own answers under the current prompt,
+  refitted at the start of each epoch (the head the target will get, as the shadow predicts it);
+- ``both``: the sum of the two.
+
+Prints one JSON line per objective and a table. Local compute only (nothing is budgeted here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from backends import make_backend
+from blackbox_vp.config import RunConfig
+from blackbox_vp.data import load_task, split
+from blackbox_vp.losses import LOSSES
+from blackbox_vp.mappings import FrequencyMapping, LinearHeadMapping
+from blackbox_vp.optimizers.whitebox import Whitebox
+from blackbox_vp.run_setup import build_prompt, shadow_model, split_sizes
+from blackbox_vp.scoring import mapped_accuracy, score_all
+
+
+def head_figures(target, prompt, theta, splits) -> dict:
+    """Frequency and head accuracies of ``theta`` on the target (head and mapping fitted on its training answers)."""
+    train, val, test = (score_all(target, prompt, theta, part.images) for part in (splits.train, splits.val, splits.test))
+    labels = torch.from_numpy(splits.train.labels)
+    head = LinearHeadMapping().fit(train, labels, len(splits.train.classes))
+    frequency = FrequencyMapping().fit(train, labels, len(splits.train.classes))
+    return {"head_val": mapped_accuracy(head, val, splits.val.labels),
+            "head_test": mapped_accuracy(head, test, splits.test.labels),
+            "frequency_val": mapped_accuracy(frequency, val, splits.val.labels),
+            "frequency_test": mapped_accuracy(frequency, test, splits.test.labels)}
+
+
+def shadow_probabilities(model, prompt, theta: np.ndarray, images: np.ndarray, chunk: int = 64) -> torch.Tensor:
+    """The shadow's probabilities of the target's labels for ``images`` under ``theta`` (no gradient)."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), chunk):
+            pixels = torch.tensor(images[start : start + chunk]).permute(0, 3, 1, 2).float()
+            out.append(model.logits(prompt.apply_differentiable(torch.tensor(theta, dtype=torch.float32), pixels))
+                       .softmax(dim=1).double())
+    return torch.cat(out)
+
+
+def diverse(composed: torch.Tensor, shrink: float, rng: np.random.Generator) -> torch.Tensor:
+    """Input diversity (Xie et al. 2019, DI-FGSM): the batch shrunk by a random factor in [1 - shrink, 1] and
+    pasted at a random place on a mid-grey canvas of the same size."""
+    size = composed.shape[-1]
+    side = int(round(size * rng.uniform(1 - shrink, 1)))
+    small = torch.nn.functional.interpolate(composed, size=(side, side), mode="bilinear", align_corners=False)
+    top, left = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+    canvas = torch.full_like(composed, 0.5)
+    canvas = canvas.clone()
+    canvas[:, :, top : top + side, left : left + side] = small
+    return canvas
+
+
+def train_prompt(objective: str, model, prompt, frequency, splits, epochs: int, lr: float, batch: int, seed: int,
+                 scale_quantile: float, head_l2: float, diversity: float):
+    rng = np.random.default_rng(seed)
+    train = splits.train
+    trainer = Whitebox(prompt.initial(), lr=lr)
+    ce = LOSSES.get("ce")
+    steps = -(-len(train) // batch)
+    losses = []
+    for _ in range(epochs):
+        head = None
+        if objective in ("head", "both"):
+            shadow_scores = shadow_probabilities(model, prompt, trainer.recommend(), train.images)
+            head = LinearHeadMapping(l2=head_l2, scale_quantile=scale_quantile).fit(shadow_scores, torch.from_numpy(train.labels), len(train.classes))
+        for _ in range(steps):
+            chosen = rng.choice(len(train), size=min(batch, len(train)), replace=False)
+            pixels = torch.tensor(train.images[chosen]).permute(0, 3, 1, 2).float()
+            labels = torch.from_numpy(train.labels[chosen])
+            composed = prompt.apply_differentiable(trainer.theta, pixels)
+            if diversity:
+                composed = diverse(composed, diversity, rng)
+            probabilities = model.logits(composed).softmax(dim=1).double()
+            loss = torch.zeros((), dtype=torch.float64)
+            if objective in ("frequency", "both"):
+                loss = loss + ce(frequency.probabilities(probabilities), labels).mean()
+            if head is not None:
+                loss = loss + ce(head.probabilities(probabilities), labels).mean()
+            trainer.adam.zero_grad()
+            loss.backward()
+            trainer.adam.step()
+            losses.append(loss.item())
+    return trainer.recommend(), float(np.mean(losses[-steps:]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="squares")
+    parser.add_argument("--backend", default="reference")
+    parser.add_argument("--surrogate", default="auto")
+    parser.add_argument("--train", type=int, default=700)
+    parser.add_argument("--val", type=int, default=100)
+    parser.add_argument("--test", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--objectives", default="frequency,head,both")
+    parser.add_argument("--scale-quantile", type=float, default=0.5,
+                        help="the training head's feature scales are floored at this quantile of theirs")
+    parser.add_argument("--head-l2", type=float, default=1e-2, help="the training head's L2 penalty")
+    parser.add_argument("--diversity", type=float, default=0.0,
+                        help="input diversity: shrink each training batch by a random factor down to 1 - this")
+    args = parser.parse_args()
+    config = RunConfig(data=args.data, backend=args.backend, surrogate=args.surrogate, optimizer="shadow",
+                       train=args.train, val=args.val, test=args.test, seed=args.seed)
+    target = make_backend(args.backend)
+    prompt = build_prompt(config, target.image_size)
+    dataset = load_task(args.data, prompt.inner_size, seed=args.seed)
+    splits = split(dataset, *split_sizes(config, config.budget, len(dataset), len(dataset.classes)), seed=args.seed)
+    grey_train = score_all(target, prompt, prompt.initial(), splits.train.images)
+    labels = torch.from_numpy(splits.train.labels)
+    frequency = FrequencyMapping().fit(grey_train, labels, len(splits.train.classes))
+    model = shadow_model(config, list(target.labels))
+    features = model.features(prompt.apply(prompt.initial()[None], splits.train.images))
+    kl = model.adapter.fit(features, grey_train.float())
+    rows = [{"objective": "grey", **head_figures(target, prompt, prompt.initial(), splits)}]
+    print(json.dumps({**rows[0], "adapter_kl": round(kl, 4)}), flush=True)
+    for objective in args.objectives.split(","):
+        start = time.monotonic()
+        theta, loss = train_prompt(objective, model, prompt, frequency, splits, args.epochs, args.lr, args.batch,
+                                   args.seed, args.scale_quantile, args.head_l2, args.diversity)
+        rows.append({"objective": objective, **head_figures(target, prompt, theta, splits), "last_epoch_loss": loss,
+                     "seconds": round(time.monotonic() - start)})
+        print(json.dumps(rows[-1]), flush=True)
+    print(f"\n{args.data}, seed {args.seed}, {args.epochs} epochs at lr {args.lr}, scale quantile {args.scale_quantile}, "
+          f"head l2 {args.head_l2}, diversity {args.diversity}:")
+    print("| objective | head val | head test | frequency val | frequency test |\n|---|---:|---:|---:|---:|")
+    for row in rows:
+        print(f"| {row['objective']} | {row['head_val']:.3f} | {row['head_test']:.3f} | {row['frequency_val']:.3f} | "
+              f"{row['frequency_test']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
