@@ -49,9 +49,11 @@ def test_a_run_directory_config_repeats_the_run_and_flags_override_it(tmp_path, 
                  "--test", "60", "--train", "300", "--quiet", "--seed", "1", "--out", str(first)]) == 0
     saved = read_config(first / "config.toml")
     unset = {"jpeg_quality", "labels", "token_env", "token_file", "torchserve_key_file", "rate_limit", "image_rate_limit", "http_max_batch",
-             "rounds", "epochs", "correction_images", "input_mean", "input_std", "input_layout", "chat_model", "top_k_only",
+             "rounds", "epochs", "correction_images", "transfer_head_l2", "input_mean", "input_std", "input_layout",
+             "chat_model", "top_k_only",
              "optimizer_options", "mapping_options", "loss_options"}
-    # None: off, or not of this method (rounds, epochs, correction_images: shadow's; the others: some servers')
+    # None: off, or not of this method (rounds, epochs, correction_images, transfer_head_l2: shadow's; the others: some
+    # servers')
     assert {f.name for f in fields(RunConfig)} - set(saved) == unset  # every setting, automatic ones resolved
     assert main(["optimize", "--config", str(first / "config.toml"), "--out", str(second)]) == 0
     a, b = (json.loads((d / "result.json").read_text()) for d in (first, second))
