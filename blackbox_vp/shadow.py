@@ -93,6 +93,12 @@ class ShadowModel:
                   for start in range(0, len(images), FEATURE_CHUNK)]
         return torch.cat(chunks).float().clamp_min(1e-38).log().clamp_min(FEATURE_FLOOR)
 
+    def answers(self, images: np.ndarray) -> torch.Tensor:
+        """The shadow's probabilities (N, Kt) of the target's labels for uint8 images (N, H, W, 3): what it predicts
+        the target would answer."""
+        with torch.no_grad():
+            return self.adapter.logits(self.features(images)).softmax(dim=1)
+
     def disagreement(self, features: torch.Tensor, answers: torch.Tensor) -> float:
         """Mean KL divergence of the target's ``answers`` from the shadow's on ``features``."""
         with torch.no_grad():

@@ -147,9 +147,9 @@ class ShadowPhases:
         log-probabilities hardly vary."""
         run, train = self.run, self.run.splits.train
         theta = cast(ShadowTraining, self.run.state.optimizer).recommend()
-        logits = self.model.adapter.logits(self.model.features(run.prompt.apply(theta[None], train.images)))
+        answers = self.model.answers(run.prompt.apply(theta[None], train.images))
         head = LinearHeadMapping(l2=l2, scale_quantile=TRANSFER_HEAD_SCALE_QUANTILE)
-        return head.fit(logits.softmax(dim=1).double(), torch.from_numpy(train.labels), len(train.classes))
+        return head.fit(answers.double(), torch.from_numpy(train.labels), len(train.classes))
 
     def verify(self) -> None:
         """The target scores the mapping images and the validation split under the trained (or corrected) prompt."""

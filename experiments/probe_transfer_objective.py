@@ -48,17 +48,6 @@ def head_figures(target, prompt, theta, splits) -> dict:
             "frequency_test": mapped_accuracy(frequency, test, splits.test.labels)}
 
 
-def shadow_probabilities(model, prompt, theta: np.ndarray, images: np.ndarray, chunk: int = 64) -> torch.Tensor:
-    """The shadow's probabilities of the target's labels for ``images`` under ``theta`` (no gradient)."""
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(images), chunk):
-            pixels = torch.tensor(images[start : start + chunk]).permute(0, 3, 1, 2).float()
-            out.append(model.logits(prompt.apply_differentiable(torch.tensor(theta, dtype=torch.float32), pixels))
-                       .softmax(dim=1).double())
-    return torch.cat(out)
-
-
 def diverse(composed: torch.Tensor, shrink: float, rng: np.random.Generator) -> torch.Tensor:
     """Input diversity (Xie et al. 2019, DI-FGSM): the batch shrunk by a random factor in [1 - shrink, 1] and
     pasted at a random place on a mid-grey canvas of the same size."""
@@ -67,7 +56,6 @@ def diverse(composed: torch.Tensor, shrink: float, rng: np.random.Generator) -> 
     small = torch.nn.functional.interpolate(composed, size=(side, side), mode="bilinear", align_corners=False)
     top, left = (int(v) for v in rng.integers(0, size - side + 1, size=2))
     canvas = torch.full_like(composed, 0.5)
-    canvas = canvas.clone()
     canvas[:, :, top : top + side, left : left + side] = small
     return canvas
 
@@ -83,8 +71,9 @@ def train_prompt(objective: str, model, prompt, frequency, splits, epochs: int, 
     for _ in range(epochs):
         head = None
         if objective in ("head", "both"):
-            shadow_scores = shadow_probabilities(model, prompt, trainer.recommend(), train.images)
-            head = LinearHeadMapping(l2=head_l2, scale_quantile=scale_quantile).fit(shadow_scores, torch.from_numpy(train.labels), len(train.classes))
+            shadow_answers = model.answers(prompt.apply(trainer.recommend()[None], train.images)).double()
+            head = LinearHeadMapping(l2=head_l2, scale_quantile=scale_quantile)
+            head.fit(shadow_answers, torch.from_numpy(train.labels), len(train.classes))
         for _ in range(steps):
             chosen = rng.choice(len(train), size=min(batch, len(train)), replace=False)
             pixels = torch.tensor(train.images[chosen]).permute(0, 3, 1, 2).float()
