@@ -8,7 +8,6 @@ rest of the library expects: labels the API does not report share the probabilit
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from backends.base import PROBABILITY_FLOOR, Backend, BackendWrapper
 from backends.errors import ConfigurationError
@@ -35,20 +34,6 @@ def top_k_scores(scores: np.ndarray, k: int) -> np.ndarray:
     out = np.repeat(floor[:, None], num_labels, axis=1)
     np.put_along_axis(out, top, kept, axis=1)
     return out
-
-
-def top_k_tensor(probabilities: torch.Tensor, k: int) -> torch.Tensor:
-    """:func:`top_k_scores` on a (N, K) tensor, differentiable: the gradient flows through the kept
-    probabilities and the floor they leave (a local model made to answer as a top-k API does)."""
-    num_labels = probabilities.shape[1]
-    if not 1 <= k <= num_labels:
-        raise ConfigurationError(f"k must be between 1 and the number of labels ({num_labels}), got {k}")
-    if k == num_labels:
-        return probabilities
-    top = probabilities.topk(k, dim=1).indices
-    kept = probabilities.gather(1, top)
-    floor = ((1.0 - kept.sum(dim=1, keepdim=True)) / (num_labels - k)).clamp_min(FLOOR)
-    return floor.expand(-1, num_labels).scatter(1, top, kept)
 
 
 def label_only_scores(scores: np.ndarray, smoothing: float = 1e-6) -> np.ndarray:

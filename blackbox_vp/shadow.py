@@ -6,10 +6,7 @@ prompt the method sends) is also shown to the surrogate, and a :class:`LabelAdap
 surrogate's log-probabilities into the *target's* label space, fitted to the target's probabilities
 by KL divergence (knowledge distillation, Hinton et al. 2015, eq. 2 at temperature 1). So it works for
 any API: an ImageNet API (the adapter starts as the identity), an API with labels of its own (it starts
-from the labels whose names match, else from zero), a top-k-only API: the labels an answer gives the same
-floor are one outcome to the fit (:func:`lumped_cross_entropy`), and the shadow answers top-k as the target
-does (:func:`reported_labels`, :attr:`ShadowModel.top_k`), so what the prompt is trained on looks like what
-the target will send back.
+from the labels whose names match, else from zero), a top-k-only API (the floor mass is what it fits).
 
 Priming a local model on the target's answers follows AReS (CVPR 2026, "prime once, reprogram
 locally"); refitting it on the inputs the search visits follows the Simulator Attack (Ma et al. 2021)
@@ -22,39 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from backends.partial import top_k_tensor
 from backends.torch_classifier import TorchClassifierBackend
 
 FEATURE_FLOOR = -30.0  # log-probabilities are clamped here (a probability of 1e-13), on both paths alike
 FEATURE_CHUNK = 64  # images per surrogate forward when the features of scored images are taken
-
-
-def reported(answers: torch.Tensor) -> torch.Tensor:
-    """Which labels each (N, K) answer reported: those above the row's least probability. A top-k API gives
-    every label it leaves out the same floor; a full answer reports all labels but its least one."""
-    return answers > answers.min(dim=1, keepdim=True).values
-
-
-def reported_labels(answers: torch.Tensor) -> int | None:
-    """``k`` if the answers come from a top-k API: no answer reported more than ``k`` labels, and ``k`` is under
-    half the labels; else None (full answers)."""
-    most = int(reported(answers).sum(dim=1).max())
-    return max(most, 1) if most < answers.shape[1] / 2 else None
-
-
-def lumped_cross_entropy(log_q: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
-    """Per-row cross-entropy of (N, K) ``answers`` against log-probabilities ``log_q``, where the labels an
-    answer did not report (:func:`reported`) are one outcome, with their summed mass on both sides: the
-    likelihood of what a top-k API tells (a censored observation). For a full answer it is the plain
-    cross-entropy, its least label being an outcome of its own."""
-    shown = reported(answers)
-    rest = torch.logsumexp(log_q.masked_fill(shown, float("-inf")), dim=1)
-    return -(answers * log_q * shown).sum(dim=1) - (answers * ~shown).sum(dim=1) * rest
-
-
-def entropy(answers: torch.Tensor) -> torch.Tensor:
-    """Mean entropy of (N, K) answers over the outcomes :func:`lumped_cross_entropy` sees."""
-    return lumped_cross_entropy(answers.clamp_min(1e-30).log(), answers).mean()
 
 
 class LabelAdapter:
@@ -81,9 +49,8 @@ class LabelAdapter:
         return features @ weight + self.bias.to(features.device)
 
     def fit(self, features: torch.Tensor, answers: torch.Tensor, max_iter: int = 100) -> float:
-        """Fit ``D`` and ``b`` from zero on (N, Ks) features and the target's (N, Kt) probabilities (the labels an
-        answer left out lumped, :func:`lumped_cross_entropy`); returns the mean KL divergence of the target's
-        answers from the adapted surrogate's, after the fit, on the same lumped outcomes."""
+        """Fit ``D`` and ``b`` from zero on (N, Ks) features and the target's (N, Kt) probabilities;
+        returns the mean KL divergence of the target's answers from the adapted surrogate's, after the fit."""
         features, answers = features.float(), answers.float()
         delta = torch.zeros_like(self.w0, requires_grad=True)
         bias = torch.zeros_like(self.bias, requires_grad=True)
@@ -91,7 +58,7 @@ class LabelAdapter:
                                    line_search_fn="strong_wolfe", tolerance_grad=1e-6)
 
         def cross_entropy() -> torch.Tensor:
-            return lumped_cross_entropy(F.log_softmax(features @ (self.w0 + delta) + bias, dim=1), answers).mean()
+            return -(answers * F.log_softmax(features @ (self.w0 + delta) + bias, dim=1)).sum(dim=1).mean()
 
         def closure() -> torch.Tensor:
             solver.zero_grad()
@@ -102,34 +69,23 @@ class LabelAdapter:
         solver.step(closure)
         self.delta, self.bias = delta.detach(), bias.detach()
         with torch.no_grad():
-            return float(cross_entropy() - entropy(answers))
+            entropy = (answers * answers.clamp_min(1e-30).log()).sum(dim=1).mean()
+            return float(cross_entropy() + entropy)
 
 
 class ShadowModel:
     """The surrogate followed by the adapter: logits in the target's label space, differentiable in the
-    image, so :class:`blackbox_vp.optimizers.whitebox.Whitebox` trains a prompt on it as on the target itself.
-
-    ``top_k``: when set (the target is a top-k API, :func:`reported_labels`), the shadow answers as the
-    target does, its ``k`` most probable labels kept and the rest given one floor (:func:`top_k_tensor`)."""
+    image, so :class:`blackbox_vp.optimizers.whitebox.Whitebox` trains a prompt on it as on the target itself."""
 
     def __init__(self, surrogate: TorchClassifierBackend, adapter: LabelAdapter):
         self.surrogate, self.adapter = surrogate, adapter
         self.device = surrogate.device
-        self.top_k: int | None = None
         surrogate.model.requires_grad_(False)
 
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Float images (N, 3, H, W) in [0, 1] -> (N, Kt) logits of the target's labels (log-probabilities of
-        the top-k answer when ``top_k`` is set)."""
+        """Float images (N, 3, H, W) in [0, 1] -> (N, Kt) logits of the target's labels."""
         features = self.surrogate.logits(pixels).float().log_softmax(dim=1).clamp_min(FEATURE_FLOOR)
-        return self.answered(self.adapter.logits(features))
-
-    def answered(self, logits: torch.Tensor) -> torch.Tensor:
-        """The adapter's logits as the target would answer them: unchanged, or with ``top_k`` the log of their
-        top-k probabilities."""
-        if self.top_k is None:
-            return logits
-        return top_k_tensor(logits.softmax(dim=1), self.top_k).log()
+        return self.adapter.logits(features)
 
     def features(self, images: np.ndarray) -> torch.Tensor:
         """The surrogate's clamped log-probabilities (N, Ks) of uint8 images (N, H, W, 3), as the target got them."""
@@ -141,11 +97,11 @@ class ShadowModel:
         """The shadow's probabilities (N, Kt) of the target's labels for uint8 images (N, H, W, 3): what it predicts
         the target would answer."""
         with torch.no_grad():
-            return self.answered(self.adapter.logits(self.features(images))).softmax(dim=1)
+            return self.adapter.logits(self.features(images)).softmax(dim=1)
 
     def disagreement(self, features: torch.Tensor, answers: torch.Tensor) -> float:
-        """Mean KL divergence of the target's ``answers`` from the shadow's on ``features`` (lumped outcomes)."""
+        """Mean KL divergence of the target's ``answers`` from the shadow's on ``features``."""
         with torch.no_grad():
             log_q = F.log_softmax(self.adapter.logits(features.float()), dim=1)
             answers = answers.float()
-            return float(lumped_cross_entropy(log_q, answers).mean() - entropy(answers))
+            return float((answers * (answers.clamp_min(1e-30).log() - log_q)).sum(dim=1).mean())

@@ -5,8 +5,7 @@ after it (and within it, every ``CHECKPOINT_STEPS`` white-box steps or answered 
 
 1. **distil**: the label adapter of the surrogate is fitted (KL) to every answer the target gave so
    far: the mapping images under the initial prompt (priming), then the training images under each
-   prompt the method sent (refitting where the search goes). If the answers show a top-k API, the shadow
-   answers top-k from then on (:attr:`blackbox_vp.shadow.ShadowModel.top_k`). Local compute only.
+   prompt the method sent (refitting where the search goes). Local compute only.
 2. **transfer**: the prompt is trained white-box on the shadow (surrogate + adapter) for ``--epochs``
    epochs through the search mapping fitted on the target's scores (Adam, as the white-box reference).
    Local compute only; the prompt and its Adam state carry over from round to round.
@@ -39,7 +38,7 @@ from blackbox_vp.optimizers.whitebox import ShadowTraining
 from blackbox_vp.run_setup import ShadowPlan
 from blackbox_vp.run_state import ShadowState
 from blackbox_vp.scoring import correct_count, mapped_accuracy
-from blackbox_vp.shadow import ShadowModel, reported_labels
+from blackbox_vp.shadow import ShadowModel
 from blackbox_vp.surrogate import SurrogatePrior
 
 if TYPE_CHECKING:
@@ -59,8 +58,6 @@ class ShadowPhases:
             raise RuntimeError("a shadow run's state has the surrogate prior's generator from its start")
         self.prior = SurrogatePrior(model, run.prompt, run.state.mapping, run.loss_fn, run.splits.train,
                                     plan.batch_size, rng)
-        if self.shadow.answers:  # a resumed run: the shadow answers as the answers so far show the target does
-            model.top_k = reported_labels(torch.cat(self.shadow.answers))
 
     @property
     def shadow(self) -> ShadowState:
@@ -90,9 +87,8 @@ class ShadowPhases:
             newest = self.model.disagreement(shadow.features[-1], shadow.answers[-1])
             features, answers = torch.cat(shadow.features), torch.cat(shadow.answers)
             after = shadow.adapter.fit(features, answers)
-            self.model.top_k = reported_labels(answers)
         run.journal.write("distil", round=shadow.round + 1, answers=len(answers), kl_newest_before=round(newest, 4),
-                          kl_after=round(after, 4), top_k=self.model.top_k)
+                          kl_after=round(after, 4))
         run.end_phase("transfer")
 
     def verification_left(self) -> int:

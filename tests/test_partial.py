@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
-import torch
 
-from backends.partial import LabelOnlyBackend, TopKBackend, label_only_scores, top_k_scores, top_k_tensor
+from backends.partial import LabelOnlyBackend, TopKBackend, label_only_scores, top_k_scores
 
 
 def test_top_k_keeps_the_top_values_and_their_order(toy, rng):
@@ -33,18 +32,6 @@ def test_top_k_floor_values_exact():
         top_k_scores(scores, 0)
     with pytest.raises(ValueError):
         top_k_scores(scores, 6)
-
-
-def test_the_tensor_top_k_answers_as_the_array_one_and_passes_gradients_through_what_it_keeps(rng):
-    logits = torch.tensor(rng.normal(size=(6, 12)) * 3, requires_grad=True)
-    out = top_k_tensor(logits.softmax(dim=1), 4)
-    np.testing.assert_allclose(out.detach().numpy(), top_k_scores(logits.softmax(dim=1).detach().numpy(), 4),
-                               rtol=1e-12)
-    out[:, 0].log().sum().backward()
-    assert logits.grad.abs().sum() > 0
-    assert torch.equal(top_k_tensor(out, 12), out)
-    with pytest.raises(ValueError, match="between 1 and the number of labels"):
-        top_k_tensor(out, 13)
 
 
 def test_label_only_is_smoothed_one_hot(toy, rng):
