@@ -22,13 +22,16 @@ from loopback import Fault, ScriptedServer, Switched, always, running
 from backends import BudgetExhausted, CountingBackend
 from backends.base import BackendError
 from backends.http import HTTPBackend
+from backends.http.client import RequestSizer
 from backends.http.server import Faults, create_app
 from backends.toy import ToyBackend
 
 TOY = ToyBackend(num_labels=5, image_size=(8, 8))
 BUDGET = 25
-TIMEOUT = 3.0  # the client's read timeout, far above a loaded CI machine's slowest answer (requests grow only while
-# answers come within a quarter of it: at 1.5 s a loaded 2-core machine kept the first call's limit at 11); a stall is longer
+TIMEOUT = 3.0  # the client's read timeout, far above a loaded CI machine's slowest answer; a stall is longer
+SIZER_TIMEOUT = 60.0  # what the request sizer times answers against: requests grow only while answers come within a
+# quarter of it, and on a loaded 2-core machine loopback answers came slower than a quarter of TIMEOUT per 3 images,
+# which kept the first call's requests at 3 images and failed a precondition that has nothing to do with faults
 FIRST_CALL = 6  # requests of a client's first call of 12 images: 1 image alone, then 2, 2, 2, 2 and 3 (RequestSizer)
 
 
@@ -39,7 +42,9 @@ def images() -> np.ndarray:
 
 def client(url: str, events: list, **options) -> HTTPBackend:
     settings = dict(max_attempts=8, backoff=0.01, max_backoff=0.05, timeout=TIMEOUT, on_failure=events.append)
-    return HTTPBackend(url, "bbvp", **(settings | options))
+    model = HTTPBackend(url, "bbvp", **(settings | options))
+    model.sizer = RequestSizer(model.max_batch, SIZER_TIMEOUT)  # requests sized as on an idle machine, whatever the load
+    return model
 
 
 def status(code: int, body: bytes = b'{"error": "busy"}', **headers: str) -> Fault:
