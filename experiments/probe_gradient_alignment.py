@@ -104,7 +104,6 @@ def main() -> None:
 
     stops = sorted(int(step) for step in args.at.split(","))
     path = Whitebox(prompt.initial(), lr=args.lr)
-    ce = LOSSES.get("ce")
     rows = []
     for step in range(stops[-1] + 1):
         if step in stops:
@@ -139,12 +138,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
         if step < stops[-1]:
             chosen = rng.choice(len(train), size=args.batch, replace=False)
-            pixels = torch.tensor(train.images[chosen]).permute(0, 3, 1, 2).float()
-            probabilities = target.logits(prompt.apply_differentiable(path.theta, pixels)).softmax(dim=1).double()
-            loss_value = ce(frequency.probabilities(probabilities), labels_all[chosen]).mean()
-            path.adam.zero_grad()
-            loss_value.backward()
-            path.adam.step()
+            path.step(target, prompt, frequency, LOSSES.get("ce"), train.images[chosen], train.labels[chosen])
 
     keys = [key for key in rows[0] if ":" in key]
     print(f"\n{args.data}, seed {args.seed}: cosine with the target's minibatch gradient (mean of {args.pairs} "
