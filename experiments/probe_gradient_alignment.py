@@ -10,7 +10,13 @@ parameters is taken on a minibatch of training images through three models, and 
   gradient is from another's: the most any surrogate could hope for at this batch size);
 - ``shadow``: the surrogate (EfficientNet-Lite1) with its label adapter fitted (KL) to the target's answers
   under the grey prompt, as the shadow method primes it;
-- ``surrogate``: the same surrogate with the adapter at its start (the identity between ImageNet labels).
+- ``surrogate``: the same surrogate with the adapter at its start (the identity between ImageNet labels);
+- ``shadow, fine-tuned`` (with ``--finetune-epochs E``): at each point of the path, a copy of the shadow whose
+  adapter is refitted and whose surrogate's *weights* are then fine-tuned (KL, Adam, batch-norm statistics
+  frozen; design notes 3b) to the target's answers to the training images under the path's prompt and under
+  ``--finetune-prompts`` - 1 random prompts around it (the Simulator Attack's refitting on visited inputs,
+  with LeBA's hope that matching nearby outputs matches the slope). The most the shadow could learn there:
+  a run would pay for every one of those answers.
 
 Losses: ``frequency``, cross-entropy through the frequency mapping fitted on the target's grey answers (the
 shadow's transfer objective); ``head``, cross-entropy through a linear head fitted at that point of the path on
@@ -24,12 +30,14 @@ Local compute only (nothing is budgeted here); one JSON line per step of the pat
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from backends import make_backend
 from backends.torch_classifier import TorchClassifierBackend
@@ -40,7 +48,7 @@ from blackbox_vp.mappings import FrequencyMapping, LinearHeadMapping
 from blackbox_vp.optimizers.whitebox import Whitebox
 from blackbox_vp.run_setup import build_prompt, shadow_model, split_sizes
 from blackbox_vp.scoring import mapped_accuracy, score_all
-from blackbox_vp.shadow import LabelAdapter, ShadowModel
+from blackbox_vp.shadow import FEATURE_FLOOR, LabelAdapter, ShadowModel
 
 HEAD_L2 = 1.0  # the training head's penalty, as `--transfer-head-l2 1.0`
 
@@ -52,6 +60,41 @@ def gradient(logits_of, prompt, theta: np.ndarray, mapping, pixels: torch.Tensor
     LOSSES.get("ce")(mapping.probabilities(probabilities), labels).mean().backward()
     assert leaf.grad is not None
     return leaf.grad.numpy().astype(np.float64).ravel()
+
+
+def divergence(model: ShadowModel, pixels: torch.Tensor, answers: torch.Tensor) -> float:
+    """Mean KL divergence of the target's ``answers`` from the model's, on float images ``pixels``."""
+    with torch.no_grad():
+        log_q = torch.cat([F.log_softmax(model.logits(pixels[start : start + 64]), dim=1)
+                           for start in range(0, len(pixels), 64)])
+    return float(F.kl_div(log_q, answers.float(), reduction="batchmean"))
+
+
+def finetuned(shadow: ShadowModel, pixels: torch.Tensor, answers: torch.Tensor, epochs: int, lr: float,
+              batch: int, rng: np.random.Generator) -> tuple[ShadowModel, dict[str, float]]:
+    """A copy of ``shadow``, its adapter refitted and then its surrogate's weights fine-tuned by KL divergence to the
+    target's ``answers`` (N, Kt) on float images ``pixels`` (N, 3, H, W) in [0, 1]; batch-norm layers stay in eval
+    mode, so their statistics are the pretrained ones. With the KL divergence on that data before and after the
+    fine-tuning (the adapter refitted in both)."""
+    copied = ShadowModel(copy.deepcopy(shadow.surrogate), copy.deepcopy(shadow.adapter))
+    with torch.no_grad():
+        features = torch.cat([copied.surrogate.logits(pixels[start : start + 64]).float().log_softmax(dim=1)
+                              for start in range(0, len(pixels), 64)]).clamp_min(FEATURE_FLOOR)
+    copied.adapter.fit(features, answers)
+    before = divergence(copied, pixels, answers)
+    weights = list(copied.surrogate.model.parameters())
+    for parameter in weights:
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.Adam(weights, lr=lr)
+    for _ in range(epochs):
+        for chosen in np.array_split(rng.permutation(len(pixels)), max(1, len(pixels) // batch)):
+            optimizer.zero_grad()
+            log_q = F.log_softmax(copied.logits(pixels[chosen]), dim=1)
+            F.kl_div(log_q, answers[chosen].float(), reduction="batchmean").backward()
+            optimizer.step()
+    for parameter in weights:
+        parameter.requires_grad_(False)
+    return copied, {"kl_before_finetune": round(before, 4), "kl_after_finetune": round(divergence(copied, pixels, answers), 4)}
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -81,6 +124,13 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3, help="minibatch pairs per point of the path")
     parser.add_argument("--directions", type=int, default=8, help="q, for the P-RGF level sqrt(q / D)")
     parser.add_argument("--cells", default="1,8,32", help="block sides (pixels) at which the gradients are compared")
+    parser.add_argument("--finetune-epochs", type=int, default=0,
+                        help="epochs of the 'shadow, fine-tuned' model's weight fine-tuning at each point (0: not shown)")
+    parser.add_argument("--finetune-prompts", type=int, default=2,
+                        help="prompts whose answers it is fine-tuned on: the path's and this many - 1 around it")
+    parser.add_argument("--finetune-sigma", type=float, default=0.5,
+                        help="the spread of the random prompts around the path's, in the prompt's parameters")
+    parser.add_argument("--finetune-lr", type=float, default=1e-4)
     args = parser.parse_args()
     config = RunConfig(data=args.data, backend=args.backend, surrogate=args.surrogate, optimizer="shadow",
                        train=args.train, val=args.val, test=args.test, seed=args.seed)
@@ -118,6 +168,18 @@ def main() -> None:
             val_frequency = mapped_accuracy(FrequencyMapping().fit(target_train, labels_all, classes),
                                             score_all(target, prompt, theta, splits.val.images), splits.val.labels)
             cosines: dict[str, list[float]] = {}
+            models = {"shadow": shadow, "surrogate": surrogate}
+            fit: dict[str, float] = {}
+            if args.finetune_epochs:
+                around = [theta] + [theta + args.finetune_sigma * rng.standard_normal(theta.shape)
+                                    for _ in range(args.finetune_prompts - 1)]
+                pixels = torch.cat([torch.from_numpy(prompt.apply(point[None], train.images)).permute(0, 3, 1, 2).float()
+                                    / 255.0 for point in around])
+                answers = torch.cat([target_train] + [score_all(target, prompt, point, train.images) for point in around[1:]])
+                models["shadow, fine-tuned"], fit = finetuned(shadow, pixels, answers, args.finetune_epochs,
+                                                              args.finetune_lr, args.batch, rng)
+                heads["shadow, fine-tuned"] = LinearHeadMapping(l2=HEAD_L2, scale_quantile=0.5).fit(
+                    models["shadow, fine-tuned"].answers(composed_train).double(), labels_all, classes)
             for _ in range(args.pairs):
                 first, second = (rng.choice(len(train), size=args.batch, replace=False) for _ in range(2))
                 batches = [(torch.tensor(train.images[chosen]).permute(0, 3, 1, 2).float(), labels_all[chosen])
@@ -126,13 +188,13 @@ def main() -> None:
                     mapping = {name: frequency if loss == "frequency" else head for name, head in heads.items()}
                     reference = gradient(target.logits, prompt, theta, mapping["target"], *batches[0])
                     others = {"target, other batch": gradient(target.logits, prompt, theta, mapping["target"], *batches[1]),
-                              "shadow": gradient(shadow.logits, prompt, theta, mapping["shadow"], *batches[0]),
-                              "surrogate": gradient(surrogate.logits, prompt, theta, mapping["surrogate"], *batches[0])}
+                              **{name: gradient(model.logits, prompt, theta, mapping[name], *batches[0])
+                                 for name, model in models.items()}}
                     for cell in (int(side) for side in args.cells.split(",")):
                         for name, other in others.items():
                             cosines.setdefault(f"{loss}, {cell} px: {name}", []).append(
                                 cosine(pooled(reference, shape, cell), pooled(other, shape, cell)))
-            rows.append({"step": step, "target_frequency_val": val_frequency,
+            rows.append({"step": step, "target_frequency_val": val_frequency, **fit,
                          **{key: round(float(np.mean(values)), 4) for key, values in cosines.items()},
                          "seconds": round(time.monotonic() - start)})
             print(json.dumps(rows[-1]), flush=True)
