@@ -48,7 +48,7 @@ from blackbox_vp.mappings import FrequencyMapping, LinearHeadMapping
 from blackbox_vp.optimizers.whitebox import Whitebox
 from blackbox_vp.run_setup import build_prompt, shadow_model, split_sizes
 from blackbox_vp.scoring import mapped_accuracy, score_all
-from blackbox_vp.shadow import FEATURE_FLOOR, LabelAdapter, ShadowModel
+from blackbox_vp.shadow import LabelAdapter, ShadowModel
 
 HEAD_L2 = 1.0  # the training head's penalty, as `--transfer-head-l2 1.0`
 
@@ -62,26 +62,15 @@ def gradient(logits_of, prompt, theta: np.ndarray, mapping, pixels: torch.Tensor
     return leaf.grad.numpy().astype(np.float64).ravel()
 
 
-def divergence(model: ShadowModel, pixels: torch.Tensor, answers: torch.Tensor) -> float:
-    """Mean KL divergence of the target's ``answers`` from the model's, on float images ``pixels``."""
-    with torch.no_grad():
-        log_q = torch.cat([F.log_softmax(model.logits(pixels[start : start + 64]), dim=1)
-                           for start in range(0, len(pixels), 64)])
-    return float(F.kl_div(log_q, answers.float(), reduction="batchmean"))
-
-
-def finetuned(shadow: ShadowModel, pixels: torch.Tensor, answers: torch.Tensor, epochs: int, lr: float,
+def finetuned(shadow: ShadowModel, images: np.ndarray, answers: torch.Tensor, epochs: int, lr: float,
               batch: int, rng: np.random.Generator) -> tuple[ShadowModel, dict[str, float]]:
     """A copy of ``shadow``, its adapter refitted and then its surrogate's weights fine-tuned by KL divergence to the
-    target's ``answers`` (N, Kt) on float images ``pixels`` (N, 3, H, W) in [0, 1]; batch-norm layers stay in eval
-    mode, so their statistics are the pretrained ones. With the KL divergence on that data before and after the
-    fine-tuning (the adapter refitted in both)."""
+    target's ``answers`` (N, Kt) to uint8 ``images`` (N, H, W, 3); batch-norm layers stay in eval mode, so their
+    statistics are the pretrained ones. With the KL divergence on that data before and after the fine-tuning (the
+    adapter refitted in both)."""
     copied = ShadowModel(copy.deepcopy(shadow.surrogate), copy.deepcopy(shadow.adapter))
-    with torch.no_grad():
-        features = torch.cat([copied.surrogate.logits(pixels[start : start + 64]).float().log_softmax(dim=1)
-                              for start in range(0, len(pixels), 64)]).clamp_min(FEATURE_FLOOR)
-    copied.adapter.fit(features, answers)
-    before = divergence(copied, pixels, answers)
+    before = copied.adapter.fit(copied.features(images), answers)
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
     weights = list(copied.surrogate.model.parameters())
     for parameter in weights:
         parameter.requires_grad_(True)
@@ -94,7 +83,8 @@ def finetuned(shadow: ShadowModel, pixels: torch.Tensor, answers: torch.Tensor, 
             optimizer.step()
     for parameter in weights:
         parameter.requires_grad_(False)
-    return copied, {"kl_before_finetune": round(before, 4), "kl_after_finetune": round(divergence(copied, pixels, answers), 4)}
+    after = copied.disagreement(copied.features(images), answers)
+    return copied, {"kl_before_finetune": round(before, 4), "kl_after_finetune": round(after, 4)}
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -173,10 +163,9 @@ def main() -> None:
             if args.finetune_epochs:
                 around = [theta] + [theta + args.finetune_sigma * rng.standard_normal(theta.shape)
                                     for _ in range(args.finetune_prompts - 1)]
-                pixels = torch.cat([torch.from_numpy(prompt.apply(point[None], train.images)).permute(0, 3, 1, 2).float()
-                                    / 255.0 for point in around])
+                composed = np.concatenate([prompt.apply(point[None], train.images) for point in around])
                 answers = torch.cat([target_train] + [score_all(target, prompt, point, train.images) for point in around[1:]])
-                models["shadow, fine-tuned"], fit = finetuned(shadow, pixels, answers, args.finetune_epochs,
+                models["shadow, fine-tuned"], fit = finetuned(shadow, composed, answers, args.finetune_epochs,
                                                               args.finetune_lr, args.batch, rng)
                 heads["shadow, fine-tuned"] = LinearHeadMapping(l2=HEAD_L2, scale_quantile=0.5).fit(
                     models["shadow, fine-tuned"].answers(composed_train).double(), labels_all, classes)
