@@ -161,10 +161,10 @@ def main() -> None:
             models = {"shadow": shadow, "surrogate": surrogate}
             fit: dict[str, float] = {}
             if args.finetune_epochs:
-                around = [theta] + [theta + args.finetune_sigma * rng.standard_normal(theta.shape)
-                                    for _ in range(args.finetune_prompts - 1)]
-                composed = np.concatenate([prompt.apply(point[None], train.images) for point in around])
-                answers = torch.cat([target_train] + [score_all(target, prompt, point, train.images) for point in around[1:]])
+                around = [theta + args.finetune_sigma * rng.standard_normal(theta.shape)
+                          for _ in range(args.finetune_prompts - 1)]
+                composed = np.concatenate([composed_train] + [prompt.apply(point[None], train.images) for point in around])
+                answers = torch.cat([target_train] + [score_all(target, prompt, point, train.images) for point in around])
                 models["shadow, fine-tuned"], fit = finetuned(shadow, composed, answers, args.finetune_epochs,
                                                               args.finetune_lr, args.batch, rng)
                 heads["shadow, fine-tuned"] = LinearHeadMapping(l2=HEAD_L2, scale_quantile=0.5).fit(
