@@ -4,7 +4,8 @@
 
 For every method with the linear head, per budget: the share of the ceiling's gain recovered,
 (method - grey + head) / (ceiling - grey + head), where the ceiling is the white-box reference + head at
-the largest budget run (trained on the target with gradients, ``--ceiling``), and grey + head is each
+the largest budget run (trained on the target with gradients, ``--ceiling``; given more than once, say at two
+learning rates, each seed's ceiling is the one best on validation), and grey + head is each
 run's own no-prompt baseline; the means over the seeds that have a ceiling go into the share (the cell
 says how many when some have none). Beside it, the paired difference
 from ``--versus`` (cma + head by default) over the seeds both have, and twice its standard error. For
@@ -31,6 +32,17 @@ def read(path: Path) -> list[dict]:
     return rows
 
 
+def best_on_validation(rows: list[dict], methods: list[str]) -> dict[int, dict]:
+    """Each seed's row, among ``methods`` (each at its largest budget), with the highest validation accuracy, the
+    first method listed on ties: the best of a few learning rates, chosen as a run chooses, on validation only."""
+    best: dict[int, dict] = {}
+    for method in methods:
+        for seed, row in by_seed(rows, method).items():
+            if seed not in best or float(row["val_accuracy"]) > float(best[seed]["val_accuracy"]):
+                best[seed] = row
+    return best
+
+
 def by_seed(rows: list[dict], method: str, budget: int | None = None) -> dict[int, dict]:
     chosen = [row for row in rows if row["method"] == method]
     if budget is None and chosen:
@@ -48,10 +60,11 @@ def paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float | Non
     return statistics.mean(differences), error, len(differences)
 
 
-def table(rows: list[dict], ceiling: str, frequency_ceiling: str, versus: str,
+def table(rows: list[dict], ceilings: list[str], frequency_ceiling: str, versus: str,
           ceiling_rows: list[dict] | None = None) -> list[str]:
-    """``ceiling_rows``: where the ceilings are, if not among ``rows`` (a target with no gradients: top-5 only)."""
-    head_ceiling = {s: r["test_accuracy"] for s, r in by_seed(ceiling_rows or rows, ceiling).items()}
+    """``ceilings``: the white-box + head methods, each seed's best on validation; ``ceiling_rows``: where the
+    ceilings are, if not among ``rows`` (a target with no gradients: top-5 only)."""
+    head_ceiling = {s: r["test_accuracy"] for s, r in best_on_validation(ceiling_rows or rows, ceilings).items()}
     frequency_top = {s: r["test_accuracy"] for s, r in by_seed(ceiling_rows or rows, frequency_ceiling).items()}
     lines = ["| budget | method | mapping | test accuracy | grey + head | ceiling | share recovered | vs "
              f"{versus} (± 2 SE) | seeds |", "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -88,7 +101,9 @@ def table(rows: list[dict], ceiling: str, frequency_ceiling: str, versus: str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, nargs="+", help="results.csv of `bbvp experiment` (one per task)")
-    parser.add_argument("--ceiling", default="whitebox + head", help="method label of the white-box + head ceiling")
+    parser.add_argument("--ceiling", action="append", metavar="METHOD",
+                        help="method label of the white-box + head ceiling (default: 'whitebox + head'); given more "
+                        "than once, each seed's ceiling is the one of them best on validation")
     parser.add_argument("--frequency-ceiling", default="whitebox, frequency",
                         help="method label of the white-box frequency-mapped ceiling")
     parser.add_argument("--versus", default="cma + head", help="method the paired differences are taken against")
@@ -96,10 +111,17 @@ def main() -> None:
                         help="take the ceiling rows from this results.csv (same task and seeds), for a target the "
                         "white-box reference cannot run on, e.g. a top-5-only API")
     args = parser.parse_args()
+    ceilings = args.ceiling or ["whitebox + head"]
     ceiling_rows = read(args.ceilings_from) if args.ceilings_from else None
     for path in args.results:
+        rows = read(path)
         print(f"## {path}" + (f" (ceilings from {args.ceilings_from})" if ceiling_rows else "") + "\n")
-        print("\n".join(table(read(path), args.ceiling, args.frequency_ceiling, args.versus, ceiling_rows)) + "\n")
+        if len(ceilings) > 1:
+            chosen = best_on_validation(ceiling_rows or rows, ceilings)
+            print("Ceilings, best on validation: " + "; ".join(
+                f"seed {seed} {row['method']} (validation {float(row['val_accuracy']):.3f}, test "
+                f"{row['test_accuracy']:.3f})" for seed, row in sorted(chosen.items())) + "\n")
+        print("\n".join(table(rows, ceilings, args.frequency_ceiling, args.versus, ceiling_rows)) + "\n")
 
 
 if __name__ == "__main__":

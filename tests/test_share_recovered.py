@@ -28,7 +28,7 @@ def test_the_share_is_the_methods_gain_over_grey_as_a_part_of_the_ceilings(tmp_p
                                                                          "linear", 0.87, 0.85)]
     rows += [("whitebox, frequency", "white-box", 20000, 0, "frequency", 0.80, 0.20),
              ("shadow, frequency", "black-box", 5000, 0, "frequency", 0.40, 0.20)]
-    lines = share_recovered.table(share_recovered.read(write(tmp_path / "r.csv", rows)), "whitebox + head",
+    lines = share_recovered.table(share_recovered.read(write(tmp_path / "r.csv", rows)), ["whitebox + head"],
                                   "whitebox, frequency", "cma + head")
     shadow = next(line for line in lines if "| shadow (ours) |" in line)
     assert "| 70% |" in shadow  # (0.92 - 0.85) / (0.95 - 0.85)
@@ -43,8 +43,29 @@ def test_the_ceilings_may_come_from_another_results_file(tmp_path):
                                                                     0.95, 0.85)]))
     top5 = share_recovered.read(write(tmp_path / "top5.csv", [("shadow (ours)", "black-box", 5000, 0, "linear", 0.90,
                                                                 0.80)]))
-    assert "| — |" in next(line for line in share_recovered.table(top5, "whitebox + head", "whitebox, frequency",
+    assert "| — |" in next(line for line in share_recovered.table(top5, ["whitebox + head"], "whitebox, frequency",
                                                                    "cma + head") if "shadow" in line)
-    line = next(line for line in share_recovered.table(top5, "whitebox + head", "whitebox, frequency", "cma + head",
+    line = next(line for line in share_recovered.table(top5, ["whitebox + head"], "whitebox, frequency", "cma + head",
                                                        ceilings) if "shadow" in line)
     assert "| 0.950 | 67% |" in line  # (0.90 - 0.80) / (0.95 - 0.80): each run's own grey + head
+
+
+def test_with_two_ceilings_each_seed_takes_the_one_best_on_validation_and_the_first_on_ties(tmp_path):
+    path = tmp_path / "r.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "kind", "budget", "seed", "mapping", "test_accuracy", "val_accuracy",
+                         "baseline_test_accuracy"])
+        writer.writerows([("whitebox + head", "white-box", 20000, 0, "linear", 0.95, 0.90, 0.85),
+                          ("whitebox + head, lr 0.2", "white-box", 20000, 0, "linear", 0.91, 0.94, 0.85),
+                          ("whitebox + head", "white-box", 20000, 1, "linear", 0.93, 0.92, 0.85),
+                          ("whitebox + head, lr 0.2", "white-box", 20000, 1, "linear", 0.99, 0.92, 0.85),
+                          ("whitebox + head, lr 0.2", "white-box", 5000, 1, "linear", 0.99, 0.99, 0.85),
+                          ("shadow (ours)", "black-box", 5000, 0, "linear", 0.89, 0.90, 0.85),
+                          ("shadow (ours)", "black-box", 5000, 1, "linear", 0.89, 0.90, 0.85)])
+    rows = share_recovered.read(path)
+    chosen = share_recovered.best_on_validation(rows, ["whitebox + head", "whitebox + head, lr 0.2"])
+    assert {seed: row["test_accuracy"] for seed, row in chosen.items()} == {0: 0.91, 1: 0.93}  # the 5,000 cell: no
+    line = next(line for line in share_recovered.table(rows, ["whitebox + head", "whitebox + head, lr 0.2"],
+                                                       "whitebox, frequency", "cma + head") if "shadow" in line)
+    assert "| 0.920 | 57% |" in line  # (0.89 - 0.85) / (0.92 - 0.85)
