@@ -8,11 +8,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 
 from backends import make_backend
 from blackbox_vp.config import RunConfig
 from blackbox_vp.data import load_task, split
+from blackbox_vp.losses import LOSSES
+from blackbox_vp.mappings import FrequencyMapping
 from blackbox_vp.run_setup import build_prompt, split_sizes
+from blackbox_vp.scoring import score_all
 
 
 def load(name: str):
@@ -41,3 +46,38 @@ def test_each_objective_gets_a_row_and_grey_is_scored_as_a_head_refitted_on_the_
     splits = split(dataset, *split_sizes(config, config.budget, len(dataset), len(dataset.classes)), seed=0)
     grey = load("refit_head").head_accuracy(backend, prompt, prompt.initial(), splits.train, splits.test)
     assert rows[0]["head_test"] == grey
+    assert rows[0]["grey_mapping_test"] == rows[0]["frequency_test"]  # grey's own answers: the same mapping
+
+
+def test_the_target_objective_trains_on_the_targets_own_gradient_in_the_parameterization_asked(monkeypatch, capsys):
+    sizes = ["--train", "40", "--val", "20", "--test", "20"]
+    monkeypatch.setattr(sys, "argv", ["probe", "--backend", "toy-torch", "--surrogate", "toy-torch", "--data", "digits",
+                                      *sizes, "--epochs", "1", "--objectives", "target", "--parameterization", "grid",
+                                      "--grid", "4", "--lr", "0.5"])
+    probe = load("probe_transfer_objective")
+    probe.main()
+    out = capsys.readouterr().out
+    assert [json.loads(line)["objective"] for line in out.splitlines() if line.startswith("{")] == ["grey", "target"]
+    assert "parameterization {'type': 'grid', 'grid': 4}" in out
+    target = make_backend("toy-torch")  # trained through its own gradient, its own loss falls
+    config = RunConfig(data="digits", backend="toy-torch", optimizer="shadow", train=40, val=20, test=20, seed=0,
+                       parameterization="grid", grid=4)
+    prompt = build_prompt(config, target.image_size)
+    dataset = load_task("digits", prompt.inner_size, seed=0)
+    splits = split(dataset, *split_sizes(config, config.budget, len(dataset), len(dataset.classes)), seed=0)
+    labels = torch.from_numpy(splits.train.labels)
+    frequency = FrequencyMapping().fit(score_all(target, prompt, prompt.initial(), splits.train.images), labels, 10)
+    theta, _ = probe.train_prompt("frequency", target, prompt, frequency, splits, 3, 0.5, 8, 0, 0.5, 0.01, 0.0)
+
+    def loss(point) -> float:
+        scores = score_all(target, prompt, point, splits.train.images)
+        return float(LOSSES.get("ce")(frequency.probabilities(scores), labels).mean())
+
+    assert loss(theta) < loss(prompt.initial()) - 0.05
+
+
+def test_the_target_objective_needs_a_local_torch_target(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["probe", "--backend", "toy", "--surrogate", "toy-torch", "--objectives", "target"])
+    with pytest.raises(SystemExit):
+        load("probe_transfer_objective").main()
+    assert "must be a local torch model" in capsys.readouterr().err
