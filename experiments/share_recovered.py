@@ -32,6 +32,13 @@ def read(path: Path) -> list[dict]:
     return rows
 
 
+def by_seed(rows: list[dict], method: str, budget: int | None = None) -> dict[int, dict]:
+    chosen = [row for row in rows if row["method"] == method]
+    if budget is None and chosen:
+        budget = max(row["budget"] for row in chosen)
+    return {row["seed"]: row for row in chosen if row["budget"] == budget}
+
+
 def best_on_validation(rows: list[dict], methods: list[str]) -> dict[int, dict]:
     """Each seed's row, among ``methods`` (each at its largest budget), with the highest validation accuracy, the
     first method listed on ties: the best of a few learning rates, chosen as a run chooses, on validation only."""
@@ -41,13 +48,6 @@ def best_on_validation(rows: list[dict], methods: list[str]) -> dict[int, dict]:
             if seed not in best or float(row["val_accuracy"]) > float(best[seed]["val_accuracy"]):
                 best[seed] = row
     return best
-
-
-def by_seed(rows: list[dict], method: str, budget: int | None = None) -> dict[int, dict]:
-    chosen = [row for row in rows if row["method"] == method]
-    if budget is None and chosen:
-        budget = max(row["budget"] for row in chosen)
-    return {row["seed"]: row for row in chosen if row["budget"] == budget}
 
 
 def paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float | None, int]:
