@@ -27,6 +27,15 @@ def load(name: str):
     return module
 
 
+def probe_splits(backend_name: str, **settings):
+    """The backend, prompt and splits the probe builds for ``settings`` (seed 0)."""
+    config = RunConfig(data="digits", backend=backend_name, optimizer="shadow", seed=0, **settings)
+    backend = make_backend(backend_name)
+    prompt = build_prompt(config, backend.image_size)
+    dataset = load_task("digits", prompt.inner_size, seed=0)
+    return backend, prompt, split(dataset, *split_sizes(config, config.budget, len(dataset), len(dataset.classes)), seed=0)
+
+
 def test_each_objective_gets_a_row_and_grey_is_scored_as_a_head_refitted_on_the_target(monkeypatch, capsys):
     sizes = ["--train", "60", "--val", "20", "--test", "40"]
     monkeypatch.setattr(sys, "argv", ["probe", "--backend", "toy", "--surrogate", "toy-torch", "--data", "digits",
@@ -39,11 +48,7 @@ def test_each_objective_gets_a_row_and_grey_is_scored_as_a_head_refitted_on_the_
         assert all(0 <= row[key] <= 1 and np.isclose(row[key] * n, round(row[key] * n))
                    for key, n in (("head_val", 20), ("head_test", 40), ("frequency_val", 20), ("frequency_test", 40)))
     assert "| head | " in out and "head l2 1.0" in out
-    config = RunConfig(data="digits", backend="toy", optimizer="shadow", train=60, val=20, test=40, seed=0)
-    backend = make_backend("toy")
-    prompt = build_prompt(config, backend.image_size)
-    dataset = load_task("digits", prompt.inner_size, seed=0)
-    splits = split(dataset, *split_sizes(config, config.budget, len(dataset), len(dataset.classes)), seed=0)
+    backend, prompt, splits = probe_splits("toy", train=60, val=20, test=40)
     grey = load("refit_head").head_accuracy(backend, prompt, prompt.initial(), splits.train, splits.test)
     assert rows[0]["head_test"] == grey
     assert rows[0]["grey_mapping_test"] == rows[0]["frequency_test"]  # grey's own answers: the same mapping
@@ -59,12 +64,8 @@ def test_the_target_objective_trains_on_the_targets_own_gradient_in_the_paramete
     out = capsys.readouterr().out
     assert [json.loads(line)["objective"] for line in out.splitlines() if line.startswith("{")] == ["grey", "target"]
     assert "parameterization {'type': 'grid', 'grid': 4}" in out
-    target = make_backend("toy-torch")  # trained through its own gradient, its own loss falls
-    config = RunConfig(data="digits", backend="toy-torch", optimizer="shadow", train=40, val=20, test=20, seed=0,
-                       parameterization="grid", grid=4)
-    prompt = build_prompt(config, target.image_size)
-    dataset = load_task("digits", prompt.inner_size, seed=0)
-    splits = split(dataset, *split_sizes(config, config.budget, len(dataset), len(dataset.classes)), seed=0)
+    # trained through its own gradient, the target's own loss falls
+    target, prompt, splits = probe_splits("toy-torch", train=40, val=20, test=20, parameterization="grid", grid=4)
     labels = torch.from_numpy(splits.train.labels)
     frequency = FrequencyMapping().fit(score_all(target, prompt, prompt.initial(), splits.train.images), labels, 10)
     theta, _ = probe.train_prompt("frequency", target, prompt, frequency, splits, 3, 0.5, 8, 0, 0.5, 0.01, 0.0)
