@@ -342,6 +342,13 @@ def load_splits(config: RunConfig, prompt: Prompt, plan_for: Callable[[Dataset],
     return splits, plan
 
 
+def task_splits(config: RunConfig, prompt: Prompt) -> Splits:
+    """The task's splits at :func:`split_sizes`, drawn as a run with ``config`` draws them: for scripts that
+    need a run's images without its plan (experiments/refit_head.py, the probes)."""
+    dataset = load_task(config.data, prompt.inner_size, seed=config.seed)
+    return split(dataset, *split_sizes(config, config.budget, len(dataset), len(dataset.classes)), seed=config.seed)
+
+
 def resolve(config: RunConfig, canvas_size: tuple[int, int], splits: Splits, plan: Plan) -> RunConfig:
     """``config`` with every automatic size (None) replaced by the one the run uses, for config.toml."""
     width, patch = prompt_sizes(config, canvas_size)

@@ -42,11 +42,10 @@ import torch.nn.functional as F
 from backends import make_backend
 from backends.torch_classifier import TorchClassifierBackend
 from blackbox_vp.config import RunConfig
-from blackbox_vp.data import load_task, split
 from blackbox_vp.losses import LOSSES
 from blackbox_vp.mappings import FrequencyMapping, LinearHeadMapping
 from blackbox_vp.optimizers.whitebox import Whitebox
-from blackbox_vp.run_setup import build_prompt, shadow_model, split_sizes
+from blackbox_vp.run_setup import build_prompt, shadow_model, task_splits
 from blackbox_vp.scoring import mapped_accuracy, score_all
 from blackbox_vp.shadow import LabelAdapter, ShadowModel
 
@@ -129,8 +128,7 @@ def main() -> None:
     if not isinstance(target, TorchClassifierBackend):
         parser.error(f"--backend {args.backend}: the target's gradient is needed, so it must be a local torch model")
     prompt = build_prompt(config, target.image_size)
-    dataset = load_task(args.data, prompt.inner_size, seed=args.seed)
-    splits = split(dataset, *split_sizes(config, config.budget, len(dataset), len(dataset.classes)), seed=args.seed)
+    splits = task_splits(config, prompt)
     train, classes = splits.train, len(splits.train.classes)
     labels_all = torch.from_numpy(train.labels)
     grey_train = score_all(target, prompt, prompt.initial(), train.images)

@@ -36,11 +36,10 @@ import torch
 from backends import make_backend
 from backends.torch_classifier import TorchClassifierBackend
 from blackbox_vp.config import RunConfig
-from blackbox_vp.data import load_task, split
 from blackbox_vp.losses import LOSSES
 from blackbox_vp.mappings import FrequencyMapping, LinearHeadMapping
 from blackbox_vp.optimizers.whitebox import Whitebox
-from blackbox_vp.run_setup import build_prompt, shadow_model, split_sizes
+from blackbox_vp.run_setup import build_prompt, shadow_model, task_splits
 from blackbox_vp.scoring import mapped_accuracy, score_all
 
 
@@ -136,8 +135,7 @@ def main() -> None:
         parser.error(f"--objectives target trains on the target's own gradient, so --backend {args.backend} must be "
                      "a local torch model (reference, toy-torch)")
     prompt = build_prompt(config, target.image_size)
-    dataset = load_task(args.data, prompt.inner_size, seed=args.seed)
-    splits = split(dataset, *split_sizes(config, config.budget, len(dataset), len(dataset.classes)), seed=args.seed)
+    splits = task_splits(config, prompt)
     grey_train = score_all(target, prompt, prompt.initial(), splits.train.images)
     labels = torch.from_numpy(splits.train.labels)
     frequency = FrequencyMapping().fit(grey_train, labels, len(splits.train.classes))

@@ -20,10 +20,9 @@ import torch
 
 from backends import make_backend
 from blackbox_vp.config import RunConfig
-from blackbox_vp.data import load_task, split
 from blackbox_vp.mappings import LinearHeadMapping
 from blackbox_vp.prompt_file import load_prompt
-from blackbox_vp.run_setup import split_sizes
+from blackbox_vp.run_setup import task_splits
 from blackbox_vp.scoring import mapped_accuracy, score
 
 
@@ -48,9 +47,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     prompt, theta, _, metadata = load_prompt(args.prompt)
-    config = RunConfig(data=args.data, train=args.train, val=args.val, test=args.test)
-    dataset = load_task(args.data, prompt.inner_size, seed=args.seed)
-    splits = split(dataset, *split_sizes(config, config.budget, len(dataset), len(dataset.classes)), seed=args.seed)
+    config = RunConfig(data=args.data, train=args.train, val=args.val, test=args.test, seed=args.seed)
+    splits = task_splits(config, prompt)
     backend = make_backend(args.backend)
     print(json.dumps({"prompt": args.prompt, "backend": args.backend, "seed": args.seed,
                       "prompt_head_test_accuracy": head_accuracy(backend, prompt, theta, splits.train, splits.test),

@@ -13,10 +13,9 @@ import torch
 
 from backends import make_backend
 from blackbox_vp.config import RunConfig
-from blackbox_vp.data import load_task, split
 from blackbox_vp.losses import LOSSES
 from blackbox_vp.mappings import FrequencyMapping
-from blackbox_vp.run_setup import build_prompt, split_sizes
+from blackbox_vp.run_setup import build_prompt, task_splits
 from blackbox_vp.scoring import score_all
 
 
@@ -32,8 +31,7 @@ def probe_splits(backend_name: str, **settings):
     config = RunConfig(data="digits", backend=backend_name, optimizer="shadow", seed=0, **settings)
     backend = make_backend(backend_name)
     prompt = build_prompt(config, backend.image_size)
-    dataset = load_task("digits", prompt.inner_size, seed=0)
-    return backend, prompt, split(dataset, *split_sizes(config, config.budget, len(dataset), len(dataset.classes)), seed=0)
+    return backend, prompt, task_splits(config, prompt)
 
 
 def test_each_objective_gets_a_row_and_grey_is_scored_as_a_head_refitted_on_the_target(monkeypatch, capsys):
