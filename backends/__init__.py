@@ -42,6 +42,14 @@ def _surrogate(device: str = "cpu", **context: object) -> Backend:
     return efficientnet_lite_backend("efficientnet-lite1", device=device)
 
 
+@BACKENDS.register("surrogate-lite2", "EfficientNet-Lite2, ImageNet-1k, local PyTorch (a third model: another "
+                   "surrogate, or a member of an ensemble)")
+def _surrogate_lite2(device: str = "cpu", **context: object) -> Backend:
+    from backends.torch_classifier import efficientnet_lite_backend
+
+    return efficientnet_lite_backend("efficientnet-lite2", device=device)
+
+
 @BACKENDS.register("reference-top5", "EfficientNet-Lite0 answering only its 5 most likely labels, as top-k APIs do "
                    "(the rest share what is left)")
 def _reference_top5(device: str = "cpu", **context: object) -> Backend:

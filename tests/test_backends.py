@@ -111,16 +111,21 @@ def test_reference_top5_answers_the_references_five_best_labels_and_floors_the_r
 
 
 @pytest.mark.slow
-def test_surrogate_is_a_different_model_that_also_sees_a_daisy(reference):
+@pytest.mark.parametrize("name, side", [("surrogate", 240), ("surrogate-lite2", 260)])
+def test_each_surrogate_is_a_different_model_that_also_sees_a_palace(reference, name, side):
     from PIL import Image
     from sklearn.datasets import load_sample_image
 
-    surrogate = make_backend("surrogate")
-    assert surrogate.image_size == (240, 240)
-    flower = np.asarray(Image.fromarray(load_sample_image("flower.jpg")).resize((224, 224), Image.BILINEAR))
-    scores = surrogate.query(flower[None])  # resized to 240 inside
-    assert "daisy" in [surrogate.labels[i] for i in np.argsort(-scores[0])[:5]]
-    assert not np.allclose(scores, reference.query(flower[None]), atol=1e-3)
+    surrogate = make_backend(name)
+    assert surrogate.image_size == (side, side)
+    temple = load_sample_image("china.jpg")
+    height, width = temple.shape[:2]
+    square = temple[:, (width - height) // 2 : (width - height) // 2 + height]
+    image = np.asarray(Image.fromarray(square).resize((224, 224), Image.BILINEAR))[None]
+    scores = surrogate.query(image)  # resized to its side inside
+    assert "palace" in [surrogate.labels[i] for i in np.argsort(-scores[0])[:3]]
+    assert reference.labels[int(reference.query(image).argmax())] == "palace"
+    assert not np.allclose(scores, reference.query(image), atol=1e-3)
 
 
 def test_reference_batches_by_device_16_images_on_a_cpu_256_on_a_gpu():
