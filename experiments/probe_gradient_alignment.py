@@ -4,7 +4,7 @@
 
 A prompt is trained white-box on the *target* (the reference model, whose weights are local) through the
 frequency mapping, as the ceiling is; at a few of its steps the gradient of a loss with respect to the prompt
-parameters is taken on a minibatch of training images through three models, and compared by cosine:
+parameters is taken on a minibatch of training images through each of these models, and compared by cosine:
 
 - ``target, other batch``: the target's gradient on an independent minibatch (how far a minibatch's own
   gradient is from another's: the most any surrogate could hope for at this batch size);
