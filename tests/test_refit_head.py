@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,11 +14,9 @@ from blackbox_vp.mappings import FrequencyMapping
 from blackbox_vp.prompt_file import save_prompt
 from blackbox_vp.run_setup import build_prompt, task_splits
 from blackbox_vp.scoring import score_all
+from tests.test_probe_transfer_objective import load
 
-SCRIPT = Path(__file__).parents[1] / "experiments" / "refit_head.py"
-spec = importlib.util.spec_from_file_location("refit_head", SCRIPT)
-refit_head = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(refit_head)
+refit_head = load("refit_head")
 
 
 def test_the_prompt_and_grey_are_scored_on_the_seeds_splits_with_a_head_fitted_on_the_backend(tmp_path, monkeypatch,
